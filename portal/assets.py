@@ -1,0 +1,168 @@
+"""Dagster assets derived from dataset declarations: raw, clean or joined, and published.
+
+For a dataset `weather` with a source `weather`, the graph is
+`raw/weather` (group raw) -> `weather` (group clean) -> `publish/weather` (group publish).
+A dataset that reads other datasets lands in group `joined`.
+"""
+
+
+import dagster as dg
+import polars as pl
+
+from portal.dataset import Dataset, Source
+from portal.fetch import fetch
+from portal.publish import read_source_records, render_card, write_release
+from portal.settings import Settings
+
+WAREHOUSE = "warehouse"
+
+
+def column_schema(dataset: Dataset) -> dg.TableSchema:
+    """Describe the dataset's declared columns for the UI's asset page and DuckDB comments."""
+    types = dataset.schema
+    columns = []
+    for column in dataset.columns:
+        rules = []
+        if column.allowed is not None:
+            rules.append(f"one of {list(column.allowed)}")
+        if column.min is not None:
+            rules.append(f">= {column.min}")
+        if column.max is not None:
+            rules.append(f"<= {column.max}")
+        description = column.description + (f" ({column.unit})" if column.unit else "")
+        columns.append(
+            dg.TableColumn(
+                name=column.name,
+                type=str(types[column.name]),
+                description=description,
+                constraints=dg.TableColumnConstraints(
+                    nullable=column.nullable, unique=column.unique, other=rules
+                ),
+            )
+        )
+    return dg.TableSchema(columns=columns)
+
+
+def preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
+    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_dataframe_shape=True,
+                   tbl_hide_column_data_types=True, tbl_rows=rows, tbl_cols=12):
+        return dg.MetadataValue.md(str(frame.head(rows)))
+
+
+def raw_asset(source: Source) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["raw", source.name],
+        group_name="raw",
+        description=source.description or f"{source.format.upper()} from {source.url}",
+        io_manager_key=WAREHOUSE,
+        kinds={"duckdb", source.format},
+        metadata={
+            "url": dg.MetadataValue.url(source.url),
+            "format": source.format,
+            "table_comment": f"Raw {source.format} of {source.url}, values as published.",
+        },
+    )
+    def download(context: dg.AssetExecutionContext) -> dg.Output[pl.DataFrame]:
+        snapshot = fetch(source, Settings.from_env())
+        if snapshot.used == "snapshot":
+            context.log.warning(
+                f"source {source.name}: {snapshot.reason}. Using the committed snapshot "
+                f"{snapshot.path} retrieved {snapshot.origin.get('retrieved', 'at an unknown time')}."
+            )
+        else:
+            context.log.info(
+                f"source {source.name}: downloaded {snapshot.origin.get('url')} "
+                f"({snapshot.reason}, {snapshot.path.stat().st_size:,} bytes)"
+            )
+        return dg.Output(
+            snapshot.frame,
+            metadata={
+                "used": snapshot.used,
+                "reason": snapshot.reason,
+                "snapshot": dg.MetadataValue.path(str(snapshot.path)),
+                "retrieved": snapshot.origin.get("retrieved", "unknown"),
+                "sha256": snapshot.origin.get("sha256", ""),
+                "dagster/row_count": snapshot.frame.height,
+            },
+        )
+
+    return download
+
+
+def dataset_asset(dataset: Dataset) -> dg.AssetsDefinition:
+    ins = {
+        name: dg.AssetIn(key=["raw", name] if isinstance(item, Source) else [name])
+        for name, item in zip(dataset.input_names, dataset.inputs, strict=True)
+    }
+
+    @dg.asset(
+        key=[dataset.name],
+        group_name="joined" if dataset.upstream_datasets else "clean",
+        description=f"{dataset.title}. {dataset.description.strip()}",
+        ins=ins,
+        io_manager_key=WAREHOUSE,
+        kinds={"duckdb", "polars"},
+        metadata={
+            "dagster/column_schema": column_schema(dataset),
+            "table_comment": f"{dataset.title}. {dataset.description.strip()}",
+        },
+    )
+    def build(context: dg.AssetExecutionContext, **inputs: pl.DataFrame) -> dg.Output:
+        frame = dataset.conform(dataset.build(**inputs))
+        context.log.info(f"dataset {dataset.name}: built {frame.height:,} rows from {list(inputs)}")
+        return dg.Output(
+            frame,
+            metadata={
+                "dagster/row_count": frame.height,
+                "columns": len(frame.columns),
+                "preview": preview(frame),
+            },
+        )
+
+    return build
+
+
+def publish_asset(dataset: Dataset, lookup: dict[str, Dataset]) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=["publish", dataset.name],
+        group_name="publish",
+        description=f"Release folder of {dataset.name}: zstd Parquet and a dataset card.",
+        ins={"table": dg.AssetIn(key=[dataset.name])},
+        kinds={"parquet"},
+    )
+    def publish(context: dg.AssetExecutionContext, table: pl.DataFrame) -> dg.MaterializeResult:
+        settings = Settings.from_env()
+        sources = read_source_records(settings.snapshot_dir, dataset, lookup)
+        lineage = [*(f"raw.{record.name}" for record in sources), dataset.name,
+                   f"{dataset.name}.parquet"]
+        card = render_card(dataset, table, sources, lineage)
+        release = write_release(settings.publish_dir, dataset, table, card)
+        parquet = release / f"{dataset.name}.parquet"
+        context.log.info(
+            f"dataset {dataset.name}: published {table.height:,} rows to {release} "
+            f"({parquet.stat().st_size:,} bytes of Parquet)"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/uri": dg.MetadataValue.path(str(release)),
+                "dagster/row_count": table.height,
+                "parquet_bytes": parquet.stat().st_size,
+            }
+        )
+
+    return publish
+
+
+def build_assets(datasets: list[Dataset]) -> list[dg.AssetsDefinition]:
+    """Return every asset of the portal: one raw asset per distinct source, then the datasets."""
+    lookup = {dataset.name: dataset for dataset in datasets}
+    sources: dict[str, Source] = {}
+    for dataset in datasets:
+        for source in dataset.sources:
+            if sources.setdefault(source.name, source) != source:
+                raise ValueError(f"two different sources are both named {source.name!r}")
+
+    assets = [raw_asset(source) for source in sources.values()]
+    assets += [dataset_asset(dataset) for dataset in datasets]
+    assets += [publish_asset(dataset, lookup) for dataset in datasets if dataset.publish]
+    return assets

@@ -1,0 +1,129 @@
+"""The dataset declaration: what a module under `portal/datasets/` writes to add a dataset.
+
+A `Dataset` names its inputs (raw `Source`s downloaded from the web, or other datasets by name),
+its columns and a plain Polars function from the inputs to the finished table. The framework
+derives the Dagster assets, the warehouse tables and the published files from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+FORMATS = ("csv", "json", "geojson", "parquet")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Who produces a source and under which licence it may be reused.
+
+    `licence` is an identifier the HuggingFace Hub knows (`cc-by-4.0`, `cc0-1.0`, `odbl`...),
+    or `other` for a licence outside that list, described by `licence_name` and `licence_url`.
+    """
+
+    producer: str
+    licence: str
+    licence_name: str
+    licence_url: str
+    homepage: str = ""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A public file or API answer that the portal downloads and keeps a snapshot of.
+
+    `name` becomes the raw table `raw.<name>` and the snapshot folder `data/snapshots/<name>/`.
+    `schema` declares column types for text formats; columns it does not name are read as
+    strings, so a type never depends on guessing from the first rows.
+    """
+
+    name: str
+    url: str
+    format: str
+    origin: Origin
+    description: str = ""
+    schema: dict[str, pl.DataType | type[pl.DataType]] = field(default_factory=dict)
+    encoding: str = "utf8"
+    separator: str = ","
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(
+                f"source {self.name!r}: format {self.format!r} is not one of {', '.join(FORMATS)}"
+            )
+
+    @property
+    def snapshot_name(self) -> str:
+        """File name of the committed snapshot, e.g. `weather.csv`."""
+        return f"{self.name}.{self.format}"
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a finished table: its type, meaning and the rules its values follow."""
+
+    name: str
+    dtype: pl.DataType | type[pl.DataType]
+    description: str
+    unit: str = ""
+    nullable: bool = True
+    unique: bool = False
+    allowed: Sequence[Any] | None = None
+    min: Any = None
+    max: Any = None
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A finished table: its inputs, its columns and the function that builds it.
+
+    `inputs` holds `Source`s (raw downloads) and names of other datasets (for joins). `build`
+    is called with one Polars DataFrame per input, as keyword arguments named after the
+    source or dataset, and returns the finished DataFrame.
+    """
+
+    name: str
+    title: str
+    description: str
+    inputs: Sequence[Source | str]
+    columns: Sequence[Column]
+    build: Callable[..., pl.DataFrame]
+    key: Sequence[str] = ()
+    publish: bool = True
+    tags: Sequence[str] = ()
+
+    @property
+    def sources(self) -> list[Source]:
+        return [item for item in self.inputs if isinstance(item, Source)]
+
+    @property
+    def upstream_datasets(self) -> list[str]:
+        return [item for item in self.inputs if isinstance(item, str)]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [item.name if isinstance(item, Source) else item for item in self.inputs]
+
+    @property
+    def schema(self) -> pl.Schema:
+        return pl.Schema({column.name: column.dtype for column in self.columns})
+
+    def conform(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Return `frame` with exactly the declared columns, in order and with the declared types.
+
+        Raises ValueError naming the missing or undeclared columns, so a changed cleaning
+        function or upstream file fails here instead of publishing a different table.
+        """
+        declared = [column.name for column in self.columns]
+        missing = [name for name in declared if name not in frame.columns]
+        extra = [name for name in frame.columns if name not in declared]
+        if missing or extra:
+            raise ValueError(
+                f"dataset {self.name!r}: the build function returned columns that differ from "
+                f"the declaration (missing: {missing or 'none'}; undeclared: {extra or 'none'}). "
+                f"Declare every column in portal/datasets/{self.name}.py or drop it in build()."
+            )
+        return frame.select(pl.col(name).cast(self.schema[name], strict=True) for name in declared)

@@ -1,0 +1,45 @@
+"""The Dagster code location: every dataset's assets, the warehouse and the main job.
+
+`make run` executes `materialize_all`; `make dev` serves this location in the Dagster UI.
+"""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from portal.assets import WAREHOUSE, build_assets
+from portal.datasets import load_datasets
+from portal.settings import Settings
+from portal.warehouse import DuckDBPolarsIOManager
+
+EXECUTORS = {
+    "in_process": dg.in_process_executor,
+    "multiprocess": dg.multiprocess_executor,
+}
+
+
+def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
+    if settings.executor not in EXECUTORS:
+        raise ValueError(
+            f"PORTAL_EXECUTOR={settings.executor!r} is not one of {', '.join(EXECUTORS)}"
+        )
+    materialize_all = dg.define_asset_job(
+        "materialize_all",
+        selection=dg.AssetSelection.all(),
+        description="Download every source, rebuild every table and publish every dataset.",
+        config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
+    )
+    return dg.Definitions(
+        assets=build_assets(load_datasets()),
+        jobs=[materialize_all],
+        resources={
+            WAREHOUSE: DuckDBPolarsIOManager(
+                connection=settings.warehouse, lock_timeout=settings.lock_timeout
+            )
+        },
+        executor=EXECUTORS[settings.executor],
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,69 @@
+"""Runtime settings, read from environment variables (and a `.env` file at the project root).
+
+Every variable the portal reads is listed in `.env.example` with its default. Settings are read
+when a run starts, not at import, so tests and CI can point a run at other folders.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+TRUE_WORDS = {"1", "true", "yes", "on"}
+
+
+def load_dotenv(path: Path = PROJECT_ROOT / ".env") -> None:
+    """Copy `KEY=value` lines from `path` into the environment, unless a variable is already set."""
+    if not path.is_file():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, value = line.split("=", 1)
+        key = key.removeprefix("export ").strip()
+        value = value.strip().strip("'\"")
+        os.environ.setdefault(key, value)
+
+
+def source_url_variable(source_name: str) -> str:
+    """Return the environment variable that overrides a source's URL, e.g. `PORTAL_WEATHER_URL`."""
+    return f"PORTAL_{source_name.upper()}_URL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    snapshot_dir: Path
+    publish_dir: Path
+    warehouse: str
+    offline: bool
+    executor: str
+    lock_timeout: float
+    fetch_timeout: float
+    user_agent: str
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        load_dotenv()
+        env = os.environ
+        data_dir = Path(env.get("PORTAL_DATA_DIR") or PROJECT_ROOT / "data").resolve()
+        contact = env.get("PORTAL_CONTACT_URL", "https://github.com/")
+        return cls(
+            data_dir=data_dir,
+            snapshot_dir=Path(env.get("PORTAL_SNAPSHOT_DIR") or data_dir / "snapshots").resolve(),
+            publish_dir=Path(env.get("PORTAL_PUBLISH_DIR") or data_dir / "publish").resolve(),
+            warehouse=env.get("PORTAL_WAREHOUSE") or str(data_dir / "warehouse.duckdb"),
+            offline=env.get("PORTAL_OFFLINE", "").strip().lower() in TRUE_WORDS,
+            executor=env.get("PORTAL_EXECUTOR", "in_process"),
+            lock_timeout=float(env.get("PORTAL_LOCK_TIMEOUT", "120")),
+            fetch_timeout=float(env.get("PORTAL_FETCH_TIMEOUT", "30")),
+            user_agent=f"barefoot-data-portal/0.1 (+{contact})",
+        )
+
+    def source_url(self, source_name: str, declared_url: str) -> str:
+        """Return the URL to fetch for a source: its environment override, else the declared one."""
+        return os.environ.get(source_url_variable(source_name)) or declared_url
