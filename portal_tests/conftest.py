@@ -1,0 +1,66 @@
+"""Fixtures shared by the portal's tests."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from portal.settings import PROJECT_ROOT, Settings
+
+COMMITTED_SNAPSHOTS = PROJECT_ROOT / "data" / "snapshots"
+
+
+@pytest.fixture(scope="session")
+def committed_snapshots() -> Path:
+    """The repository's `data/snapshots` folder. Tests read it and never write into it."""
+    return COMMITTED_SNAPSHOTS
+
+
+@pytest.fixture(scope="session")
+def snapshot_rows(committed_snapshots: Path) -> dict[str, int]:
+    """Data rows of each committed snapshot, counted with the csv and json modules, not Polars."""
+    rows = {}
+    for path in sorted(committed_snapshots.glob("*/*.csv")):
+        with path.open(newline="", encoding="utf-8") as stream:
+            rows[path.parent.name] = sum(1 for _ in csv.DictReader(stream))
+    for path in sorted(committed_snapshots.glob("*/*.geojson")):
+        rows[path.parent.name] = len(json.loads(path.read_bytes())["features"])
+    return rows
+
+
+@pytest.fixture(scope="session")
+def prepare_offline_portal(committed_snapshots: Path) -> Callable[[Path], dict[str, str]]:
+    """Return a function that copies the committed snapshots into `data_dir` and returns the
+    PORTAL_* variables of an offline run whose snapshots, warehouse and publish folder all lie
+    under `data_dir`."""
+
+    def prepare(data_dir: Path) -> dict[str, str]:
+        shutil.copytree(committed_snapshots, data_dir / "snapshots")
+        return {
+            "PORTAL_DATA_DIR": str(data_dir),
+            "PORTAL_SNAPSHOT_DIR": str(data_dir / "snapshots"),
+            "PORTAL_PUBLISH_DIR": str(data_dir / "publish"),
+            "PORTAL_WAREHOUSE": str(data_dir / "warehouse.duckdb"),
+            "PORTAL_OFFLINE": "1",
+            "PORTAL_EXECUTOR": "in_process",
+            "PORTAL_LOCK_TIMEOUT": "10",
+        }
+
+    return prepare
+
+
+@pytest.fixture
+def offline_portal(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    prepare_offline_portal: Callable[[Path], dict[str, str]],
+) -> Settings:
+    """Settings of an offline portal in `tmp_path/data`, set in the environment for this test."""
+    for name, value in prepare_offline_portal(tmp_path / "data").items():
+        monkeypatch.setenv(name, value)
+    return Settings.from_env()
