@@ -17,7 +17,7 @@ COMMITTED_SNAPSHOTS = PROJECT_ROOT / "data" / "snapshots"
 
 @pytest.fixture(scope="session")
 def committed_snapshots() -> Path:
-    """The repository's `data/snapshots` folder. Tests read it and never write into it."""
+    """The repository's `data/snapshots` folder, for reading only: copy it before writing."""
     return COMMITTED_SNAPSHOTS
 
 
