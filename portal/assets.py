@@ -5,10 +5,16 @@ For a dataset `weather` with a source `weather`, the graph is
 A dataset that reads other datasets lands in group `joined`.
 """
 
-
 import dagster as dg
 import polars as pl
 
+from portal.checks import (
+    RulesFailed,
+    check_specs,
+    freshness_check,
+    row_count_result,
+    rule_results,
+)
 from portal.dataset import Dataset, Source
 from portal.fetch import fetch
 from portal.publish import read_source_records, render_card, write_release
@@ -43,9 +49,36 @@ def column_schema(dataset: Dataset) -> dg.TableSchema:
     return dg.TableSchema(columns=columns)
 
 
+def table_metadata(frame: pl.DataFrame) -> dict:
+    """Describe a stored table in its materialization: size, a preview and nulls per column."""
+    nulls = frame.null_count().row(0, named=True)
+    return {
+        "dagster/row_count": frame.height,
+        "columns": len(frame.columns),
+        "preview": preview(frame),
+        "null_counts": dg.MetadataValue.md(
+            "| column | nulls |\n|---|---|\n"
+            + "\n".join(f"| {name} | {count} |" for name, count in nulls.items())
+        ),
+    }
+
+
+def latest_row_count(context: dg.AssetExecutionContext, key: dg.AssetKey) -> int | None:
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        return None
+    value = event.asset_materialization.metadata.get("dagster/row_count")
+    return value.value if value is not None else None
+
+
 def preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
-    with pl.Config(tbl_formatting="MARKDOWN", tbl_hide_dataframe_shape=True,
-                   tbl_hide_column_data_types=True, tbl_rows=rows, tbl_cols=12):
+    with pl.Config(
+        tbl_formatting="MARKDOWN",
+        tbl_hide_dataframe_shape=True,
+        tbl_hide_column_data_types=True,
+        tbl_rows=rows,
+        tbl_cols=12,
+    ):
         return dg.MetadataValue.md(str(frame.head(rows)))
 
 
@@ -102,22 +135,35 @@ def dataset_asset(dataset: Dataset) -> dg.AssetsDefinition:
         ins=ins,
         io_manager_key=WAREHOUSE,
         kinds={"duckdb", "polars"},
+        check_specs=check_specs(dataset),
         metadata={
             "dagster/column_schema": column_schema(dataset),
             "table_comment": f"{dataset.title}. {dataset.description.strip()}",
         },
     )
-    def build(context: dg.AssetExecutionContext, **inputs: pl.DataFrame) -> dg.Output:
+    def build(context: dg.AssetExecutionContext, **inputs: pl.DataFrame):
         frame = dataset.conform(dataset.build(**inputs))
         context.log.info(f"dataset {dataset.name}: built {frame.height:,} rows from {list(inputs)}")
-        return dg.Output(
-            frame,
-            metadata={
-                "dagster/row_count": frame.height,
-                "columns": len(frame.columns),
-                "preview": preview(frame),
-            },
+
+        results, failures = rule_results(dataset, frame)
+        previous = latest_row_count(context, dg.AssetKey([dataset.name]))
+        row_count, drop_failure = row_count_result(
+            previous, frame.height, Settings.from_env().max_row_drop
         )
+        results.append(row_count)
+        failures += [drop_failure] if drop_failure else []
+
+        if failures:
+            # Report every rule, then stop before the output is stored, so the warehouse and
+            # the published release keep their last good version.
+            yield from results
+            raise RulesFailed(
+                f"dataset {dataset.name} broke {len(failures)} rule(s); its table and release "
+                "were left as they were:\n- " + "\n- ".join(failures) + "\nFix the source data, "
+                f"the build function or the rule in portal/datasets/{dataset.name}.py."
+            )
+        yield dg.Output(frame, metadata=table_metadata(frame))
+        yield from results
 
     return build
 
@@ -133,8 +179,11 @@ def publish_asset(dataset: Dataset, lookup: dict[str, Dataset]) -> dg.AssetsDefi
     def publish(context: dg.AssetExecutionContext, table: pl.DataFrame) -> dg.MaterializeResult:
         settings = Settings.from_env()
         sources = read_source_records(settings.snapshot_dir, dataset, lookup)
-        lineage = [*(f"raw.{record.name}" for record in sources), dataset.name,
-                   f"{dataset.name}.parquet"]
+        lineage = [
+            *(f"raw.{record.name}" for record in sources),
+            dataset.name,
+            f"{dataset.name}.parquet",
+        ]
         card = render_card(dataset, table, sources, lineage)
         release = write_release(settings.publish_dir, dataset, table, card)
         parquet = release / f"{dataset.name}.parquet"
@@ -153,8 +202,10 @@ def publish_asset(dataset: Dataset, lookup: dict[str, Dataset]) -> dg.AssetsDefi
     return publish
 
 
-def build_assets(datasets: list[Dataset]) -> list[dg.AssetsDefinition]:
-    """Return every asset of the portal: one raw asset per distinct source, then the datasets."""
+def build_assets(
+    datasets: list[Dataset],
+) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
+    """Return every asset and check: one raw asset per distinct source, then the datasets."""
     lookup = {dataset.name: dataset for dataset in datasets}
     sources: dict[str, Source] = {}
     for dataset in datasets:
@@ -163,6 +214,7 @@ def build_assets(datasets: list[Dataset]) -> list[dg.AssetsDefinition]:
                 raise ValueError(f"two different sources are both named {source.name!r}")
 
     assets = [raw_asset(source) for source in sources.values()]
+    assets += [freshness_check(source) for source in sources.values() if source.max_age]
     assets += [dataset_asset(dataset) for dataset in datasets]
     assets += [publish_asset(dataset, lookup) for dataset in datasets if dataset.publish]
     return assets

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import polars as pl
@@ -37,7 +38,8 @@ class Source:
 
     `name` becomes the raw table `raw.<name>` and the snapshot folder `data/snapshots/<name>/`.
     `schema` declares column types for text formats; columns it does not name are read as
-    strings, so a type never depends on guessing from the first rows.
+    strings, so a type never depends on guessing from the first rows. `max_age` is how old the
+    data may be before its freshness check warns.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Source:
     schema: dict[str, pl.DataType | type[pl.DataType]] = field(default_factory=dict)
     encoding: str = "utf8"
     separator: str = ","
+    max_age: timedelta | None = None
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:

@@ -45,6 +45,7 @@ class Settings:
     lock_timeout: float
     fetch_timeout: float
     user_agent: str
+    max_row_drop: float
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -62,6 +63,7 @@ class Settings:
             lock_timeout=float(env.get("PORTAL_LOCK_TIMEOUT", "120")),
             fetch_timeout=float(env.get("PORTAL_FETCH_TIMEOUT", "30")),
             user_agent=f"barefoot-data-portal/0.1 (+{contact})",
+            max_row_drop=float(env.get("PORTAL_MAX_ROW_DROP", "0.5")),
         )
 
     def source_url(self, source_name: str, declared_url: str) -> str:

@@ -1,5 +1,7 @@
 """Monthly atmospheric CO2 at Mauna Loa Observatory, Hawaii (Scripps CO2 Program)."""
 
+from datetime import timedelta
+
 import polars as pl
 
 from portal.dataset import Column, Dataset, Origin, Source
@@ -8,6 +10,7 @@ source = Source(
     name="co2_concentration",
     url="https://cdn.jsdelivr.net/npm/vega-datasets@3.2.1/data/co2-concentration.csv",
     format="csv",
+    max_age=timedelta(days=366),
     description="Monthly CO2 readings at Mauna Loa, as published in vega-datasets 3.2.1.",
     origin=Origin(
         producer="Scripps CO2 Program, UC San Diego",
@@ -38,13 +41,27 @@ dataset = Dataset(
     ),
     inputs=[source],
     columns=[
-        Column("month", pl.Date, "First day of the month of the reading", nullable=False,
-               unique=True),
-        Column("co2_ppm", pl.Float64, "Monthly mean CO2 mole fraction in dry air", unit="ppm",
-               nullable=False, min=250, max=600),
-        Column("co2_ppm_adjusted", pl.Float64,
-               "Monthly mean with the seasonal cycle removed (4-harmonic fit)", unit="ppm",
-               nullable=False, min=250, max=600),
+        Column(
+            "month", pl.Date, "First day of the month of the reading", nullable=False, unique=True
+        ),
+        Column(
+            "co2_ppm",
+            pl.Float64,
+            "Monthly mean CO2 mole fraction in dry air",
+            unit="ppm",
+            nullable=False,
+            min=250,
+            max=600,
+        ),
+        Column(
+            "co2_ppm_adjusted",
+            pl.Float64,
+            "Monthly mean with the seasonal cycle removed (4-harmonic fit)",
+            unit="ppm",
+            nullable=False,
+            min=250,
+            max=600,
+        ),
     ],
     build=build,
     key=["month"],

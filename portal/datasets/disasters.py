@@ -1,5 +1,7 @@
 """Yearly deaths from natural disasters by type (EM-DAT, processed by Our World in Data)."""
 
+from datetime import timedelta
+
 import polars as pl
 
 from portal.dataset import Column, Dataset, Origin, Source
@@ -10,6 +12,7 @@ source = Source(
     name="disasters",
     url="https://cdn.jsdelivr.net/npm/vega-datasets@3.2.1/data/disasters.csv",
     format="csv",
+    max_age=timedelta(days=366),
     description="Deaths by disaster type and year, as published in vega-datasets 3.2.1.",
     origin=Origin(
         producer="EM-DAT (CRED, UCLouvain), processed by Our World in Data",
@@ -40,8 +43,12 @@ dataset = Dataset(
     ),
     inputs=[source],
     columns=[
-        Column("disaster_type", pl.String, f"Type of disaster, or '{TOTAL}' for the total",
-               nullable=False),
+        Column(
+            "disaster_type",
+            pl.String,
+            f"Type of disaster, or '{TOTAL}' for the total",
+            nullable=False,
+        ),
         Column("year", pl.Int32, "Calendar year", nullable=False, min=1900, max=2100),
         Column("deaths", pl.Int64, "Reported deaths", unit="people", nullable=False, min=0),
     ],

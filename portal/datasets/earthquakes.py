@@ -1,5 +1,7 @@
 """Earthquakes of the past week worldwide, from the USGS real-time GeoJSON feed."""
 
+from datetime import timedelta
+
 import polars as pl
 
 from portal.dataset import Column, Dataset, Origin, Source
@@ -8,6 +10,7 @@ source = Source(
     name="earthquakes",
     url="https://earthquake.usgs.gov/earthquakes/feed/v1.0/summary/all_week.geojson",
     format="geojson",
+    max_age=timedelta(days=1),
     description="USGS feed of every earthquake of the past seven days, updated every minute.",
     origin=Origin(
         producer="U.S. Geological Survey, Earthquake Hazards Program",
@@ -55,15 +58,28 @@ dataset = Dataset(
     columns=[
         Column("event_id", pl.String, "USGS event id", nullable=False, unique=True),
         Column("time", pl.Datetime("ms", "UTC"), "Origin time of the event", nullable=False),
-        Column("updated", pl.Datetime("ms", "UTC"), "Time of the latest revision",
-               nullable=False),
+        Column("updated", pl.Datetime("ms", "UTC"), "Time of the latest revision", nullable=False),
         Column("magnitude", pl.Float64, "Magnitude", min=-2, max=10),
         Column("magnitude_type", pl.String, "Method of the magnitude (ml, md, mb, mww...)"),
         Column("place", pl.String, "Nearest named place"),
-        Column("longitude", pl.Float64, "Longitude of the epicentre", unit="degrees",
-               nullable=False, min=-180, max=180),
-        Column("latitude", pl.Float64, "Latitude of the epicentre", unit="degrees",
-               nullable=False, min=-90, max=90),
+        Column(
+            "longitude",
+            pl.Float64,
+            "Longitude of the epicentre",
+            unit="degrees",
+            nullable=False,
+            min=-180,
+            max=180,
+        ),
+        Column(
+            "latitude",
+            pl.Float64,
+            "Latitude of the epicentre",
+            unit="degrees",
+            nullable=False,
+            min=-90,
+            max=90,
+        ),
         Column("depth_km", pl.Float64, "Depth of the hypocentre", unit="km"),
         Column("event_type", pl.String, "Kind of event (earthquake, quarry blast, explosion...)"),
         Column("status", pl.String, "Review status", allowed=["automatic", "reviewed", "deleted"]),

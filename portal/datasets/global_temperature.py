@@ -1,5 +1,7 @@
 """Yearly global surface temperature anomaly (NASA GISTEMP Land-Ocean Temperature Index)."""
 
+from datetime import timedelta
+
 import polars as pl
 
 from portal.dataset import Column, Dataset, Origin, Source
@@ -8,6 +10,7 @@ source = Source(
     name="global_temperature",
     url="https://cdn.jsdelivr.net/npm/vega-datasets@3.2.1/data/global-temp.csv",
     format="csv",
+    max_age=timedelta(days=366),
     description="Yearly land-ocean temperature index, as published in vega-datasets 3.2.1.",
     origin=Origin(
         producer="NASA Goddard Institute for Space Studies (GISTEMP)",
@@ -21,9 +24,9 @@ source = Source(
 
 
 def build(global_temperature: pl.DataFrame) -> pl.DataFrame:
-    return global_temperature.select(
-        "year", pl.col("temp").alias("temperature_anomaly_c")
-    ).sort("year")
+    return global_temperature.select("year", pl.col("temp").alias("temperature_anomaly_c")).sort(
+        "year"
+    )
 
 
 dataset = Dataset(
@@ -35,11 +38,16 @@ dataset = Dataset(
     ),
     inputs=[source],
     columns=[
-        Column("year", pl.Int32, "Calendar year", nullable=False, unique=True,
-               min=1880, max=2100),
-        Column("temperature_anomaly_c", pl.Float64,
-               "Global mean surface temperature minus its 1951-1980 mean", unit="°C",
-               nullable=False, min=-3, max=5),
+        Column("year", pl.Int32, "Calendar year", nullable=False, unique=True, min=1880, max=2100),
+        Column(
+            "temperature_anomaly_c",
+            pl.Float64,
+            "Global mean surface temperature minus its 1951-1980 mean",
+            unit="°C",
+            nullable=False,
+            min=-3,
+            max=5,
+        ),
     ],
     build=build,
     key=["year"],

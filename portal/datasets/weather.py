@@ -1,5 +1,7 @@
 """Daily weather in Seattle and New York, 2012-2015 (NOAA Climate Data Online)."""
 
+from datetime import timedelta
+
 import polars as pl
 
 from portal.dataset import Column, Dataset, Origin, Source
@@ -10,6 +12,7 @@ source = Source(
     name="weather",
     url="https://cdn.jsdelivr.net/npm/vega-datasets@3.2.1/data/weather.csv",
     format="csv",
+    max_age=timedelta(days=366),
     description="Daily observations for two stations, as published in vega-datasets 3.2.1.",
     origin=Origin(
         producer="NOAA National Centers for Environmental Information",
@@ -52,14 +55,21 @@ dataset = Dataset(
     ),
     inputs=[source],
     columns=[
-        Column("station", pl.String, "City of the weather station", nullable=False,
-               allowed=["New York", "Seattle"]),
+        Column(
+            "station",
+            pl.String,
+            "City of the weather station",
+            nullable=False,
+            allowed=["New York", "Seattle"],
+        ),
         Column("date", pl.Date, "Day of the observation", nullable=False),
         Column("precipitation_mm", pl.Float64, "Total precipitation", unit="mm", min=0),
-        Column("temperature_max_c", pl.Float64, "Daily maximum temperature", unit="°C",
-               min=-60, max=60),
-        Column("temperature_min_c", pl.Float64, "Daily minimum temperature", unit="°C",
-               min=-60, max=60),
+        Column(
+            "temperature_max_c", pl.Float64, "Daily maximum temperature", unit="°C", min=-60, max=60
+        ),
+        Column(
+            "temperature_min_c", pl.Float64, "Daily minimum temperature", unit="°C", min=-60, max=60
+        ),
         Column("wind_speed_ms", pl.Float64, "Mean wind speed", unit="m/s", min=0),
         Column("condition", pl.String, "Summary of the day's weather", allowed=CONDITIONS),
     ],

@@ -1,0 +1,257 @@
+"""Data rules derived from a dataset's column declarations, and the Dagster checks that run them.
+
+Each declared constraint (not null, unique, allowed values, range, and the dataset's key)
+becomes one blocking asset check. The rules run inside the dataset's step before its table is
+stored, with pandera's Polars backend: when one fails, the step stops, so neither the
+warehouse table nor the published release is replaced. Raw sources also get a freshness
+check that warns when the data used is older than the source's declared `max_age`.
+"""
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import dagster as dg
+import pandera.polars as pa
+import polars as pl
+
+from portal.dataset import Column, Dataset, Source
+from portal.fetch import read_origin, snapshot_folder
+from portal.settings import Settings
+
+SAMPLE_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One declared constraint, named as its Dagster check."""
+
+    check_name: str
+    column: str | None
+    description: str
+
+
+class RulesFailed(ValueError):
+    """A dataset broke one or more of its declared rules; its table was not stored."""
+
+
+def column_checks(column: Column) -> list[tuple[str, str, pa.Check]]:
+    """Return (check name, description, pandera check) for a column's value rules, in order."""
+    checks = []
+    if column.allowed is not None:
+        allowed = list(column.allowed)
+        checks.append(
+            (f"{column.name}_allowed", f"{column.name} is one of {allowed}", pa.Check.isin(allowed))
+        )
+    if column.min is not None and column.max is not None:
+        checks.append(
+            (
+                f"{column.name}_range",
+                f"{column.name} is between {column.min} and {column.max}",
+                pa.Check.in_range(column.min, column.max),
+            )
+        )
+    elif column.min is not None:
+        checks.append(
+            (
+                f"{column.name}_range",
+                f"{column.name} is at least {column.min}",
+                pa.Check.ge(column.min),
+            )
+        )
+    elif column.max is not None:
+        checks.append(
+            (
+                f"{column.name}_range",
+                f"{column.name} is at most {column.max}",
+                pa.Check.le(column.max),
+            )
+        )
+    return checks
+
+
+def dataset_rules(dataset: Dataset) -> list[Rule]:
+    """List every rule of a dataset, in the order its checks appear in the UI."""
+    rules = []
+    for column in dataset.columns:
+        if not column.nullable:
+            rules.append(
+                Rule(f"{column.name}_not_null", column.name, f"{column.name} is never null")
+            )
+        if column.unique:
+            rules.append(Rule(f"{column.name}_unique", column.name, f"{column.name} is unique"))
+        for name, description, _ in column_checks(column):
+            rules.append(Rule(name, column.name, description))
+    if len(dataset.key) > 1:
+        rules.append(Rule("primary_key", None, f"({', '.join(dataset.key)}) is unique"))
+    return rules
+
+
+def pandera_schema(dataset: Dataset) -> pa.DataFrameSchema:
+    columns = {
+        column.name: pa.Column(
+            dataset.schema[column.name],
+            checks=[check for _, _, check in column_checks(column)],
+            nullable=column.nullable,
+            unique=column.unique,
+        )
+        for column in dataset.columns
+    }
+    unique = list(dataset.key) if len(dataset.key) > 1 else None
+    return pa.DataFrameSchema(columns, unique=unique, name=dataset.name)
+
+
+def rule_of_failure(dataset: Dataset, column: str, check: str, number: int | None) -> str:
+    """Map one pandera failure row to the name of the rule it broke."""
+    if check == "multiple_fields_uniqueness":
+        return "primary_key"
+    if check == "not_nullable":
+        return f"{column}_not_null"
+    if check == "field_uniqueness":
+        return f"{column}_unique"
+    declared = next(item for item in dataset.columns if item.name == column)
+    return column_checks(declared)[number][0]
+
+
+def evaluate(dataset: Dataset, frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Return the failure cases of each broken rule (empty when the frame follows every rule)."""
+    try:
+        pandera_schema(dataset).validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases
+    else:
+        return {}
+
+    broken: dict[str, list[dict]] = {}
+    for case in cases.iter_rows(named=True):
+        rule = rule_of_failure(dataset, case["column"], case["check"], case["check_number"])
+        broken.setdefault(rule, []).append(case)
+    return {rule: pl.DataFrame(rows) for rule, rows in broken.items()}
+
+
+def describe_failure(rule: Rule, cases: pl.DataFrame) -> str:
+    """Say what broke in words a volunteer can act on: rule, count, sample values and rows."""
+    values = cases["failure_case"].unique(maintain_order=True).head(SAMPLE_SIZE).to_list()
+    rows = cases["index"].drop_nulls().head(SAMPLE_SIZE).to_list()
+    return (
+        f"rule '{rule.description}' failed for {cases.height} value(s), e.g. {values} "
+        f"(row numbers {rows}, counted from 0 in the built table)"
+    )
+
+
+def check_specs(dataset: Dataset) -> list[dg.AssetCheckSpec]:
+    specs = [
+        dg.AssetCheckSpec(
+            rule.check_name,
+            asset=dataset.name,
+            blocking=True,
+            description=f"Rule: {rule.description}.",
+        )
+        for rule in dataset_rules(dataset)
+    ]
+    specs.append(
+        dg.AssetCheckSpec(
+            "row_count",
+            asset=dataset.name,
+            blocking=True,
+            description="The row count does not drop by more than PORTAL_MAX_ROW_DROP "
+            "(a share) against the last materialization.",
+        )
+    )
+    return specs
+
+
+def rule_results(
+    dataset: Dataset, frame: pl.DataFrame
+) -> tuple[list[dg.AssetCheckResult], list[str]]:
+    """Run every rule; return one check result per rule and the messages of the broken ones."""
+    broken = evaluate(dataset, frame)
+    results, messages = [], []
+    for rule in dataset_rules(dataset):
+        cases = broken.get(rule.check_name)
+        if cases is None:
+            results.append(dg.AssetCheckResult(check_name=rule.check_name, passed=True))
+            continue
+        message = describe_failure(rule, cases)
+        messages.append(message)
+        results.append(
+            dg.AssetCheckResult(
+                check_name=rule.check_name,
+                passed=False,
+                description=message,
+                metadata={
+                    "failed_values": cases.height,
+                    "sample": dg.MetadataValue.md(sample_table(cases.head(SAMPLE_SIZE))),
+                },
+            )
+        )
+    return results, messages
+
+
+def sample_table(cases: pl.DataFrame) -> str:
+    lines = ["| row | value |", "|---|---|"]
+    lines += [f"| {row['index']} | {row['failure_case']} |" for row in cases.iter_rows(named=True)]
+    return "\n".join(lines)
+
+
+def row_count_result(
+    previous: int | None, current: int, max_drop: float
+) -> tuple[dg.AssetCheckResult, str | None]:
+    """Compare the row count with the last materialization's; fail on a drop beyond max_drop."""
+    if previous is None or previous == 0:
+        return dg.AssetCheckResult(
+            check_name="row_count", passed=True, metadata={"rows": current}
+        ), None
+    drop = (previous - current) / previous
+    passed = drop <= max_drop
+    message = (
+        None
+        if passed
+        else (
+            f"rule 'row count drops by at most {max_drop:.0%}' failed: {current} rows now against "
+            f"{previous} in the last materialization ({drop:.0%} fewer). If the source really "
+            "shrank, raise PORTAL_MAX_ROW_DROP for one run."
+        )
+    )
+    return dg.AssetCheckResult(
+        check_name="row_count",
+        passed=passed,
+        description=message,
+        metadata={"rows": current, "previous_rows": previous, "drop": round(drop, 4)},
+    ), message
+
+
+def freshness_check(source: Source) -> dg.AssetChecksDefinition:
+    """Warn when the data a raw asset used is older than the source's declared max_age."""
+
+    @dg.asset_check(
+        asset=dg.AssetKey(["raw", source.name]),
+        name="freshness",
+        description=f"The data was retrieved less than {source.max_age} ago.",
+    )
+    def freshness() -> dg.AssetCheckResult:
+        origin = read_origin(snapshot_folder(Settings.from_env(), source))
+        # A snapshot captured by someone else records when its data was produced in
+        # `data_as_of`, which is older than when the portal retrieved the copy.
+        as_of = origin.get("data_as_of") or origin.get("retrieved")
+        if not as_of:
+            return dg.AssetCheckResult(
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=f"source {source.name} has no retrieval time in its origin.json",
+            )
+        age = datetime.now(UTC) - datetime.fromisoformat(as_of)
+        passed = age <= source.max_age
+        return dg.AssetCheckResult(
+            passed=passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=None
+            if passed
+            else (
+                f"source {source.name}: its data is from {as_of}, {age.days} days old, more "
+                f"than its declared max_age of {source.max_age}. The live URL may be failing "
+                "or the run was offline."
+            ),
+            metadata={"data_as_of": as_of, "age_hours": round(age.total_seconds() / 3600, 1)},
+        )
+
+    return freshness
