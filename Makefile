@@ -15,11 +15,22 @@ export PYTHONUNBUFFERED := 1
 
 HOST ?= 127.0.0.1
 PORT ?= 3000
+# Job that `make run` executes: materialize_all, refresh_hourly or refresh_daily
+# (portal/schedules.py), e.g. `make run JOB=refresh_hourly`.
+JOB ?= materialize_all
 
-.PHONY: help setup run dev test test-slow lint clean
+# The committed raw files that `make commit-snapshots` records. Hidden files are left out:
+# they are partial downloads of a run that was killed.
+SNAPSHOTS := data/snapshots
+SNAPSHOT_PATHS := $(SNAPSHOTS) ':(exclude,glob)$(SNAPSHOTS)/**/.*'
+REMOTE ?= origin
+BRANCH ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null)
+
+.PHONY: help setup run dev ui-readonly test test-slow test-browser lint clean
+.PHONY: publish-destination commit-snapshots push-snapshots
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-20s %s\n", $$1, $$2}'
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -30,17 +41,66 @@ setup: $(UV) ## Create .venv with the locked dependencies and the Dagster home
 	@mkdir -p .dagster
 	@cp dagster.yaml .dagster/dagster.yaml
 
-run: setup ## Download every source, rebuild every table, publish every dataset
-	$(VENV)/dagster job execute -m portal.definitions -j materialize_all
+run: setup ## Download every source, rebuild every table, publish every dataset (JOB=...)
+	$(VENV)/dagster job execute -m portal.definitions -j $(JOB)
 
 dev: setup ## Serve the Dagster UI (lineage, runs, checks) on http://$(HOST):$(PORT)
 	$(VENV)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
+
+ui-readonly: setup ## Serve the UI read-only: lineage and history, no launching or toggling
+	$(VENV)/dagster-webserver -w workspace.yaml -h $(HOST) -p $(PORT) --read-only
 
 test: setup ## Run the test suite (no network needed)
 	$(VENV)/pytest -m "not slow"
 
 test-slow: setup ## Run the slow tests: whole-graph runs in subprocesses
 	$(VENV)/pytest -m slow
+
+test-browser: setup ## Drive the UI in headless Chromium; saves docs/lineage.png
+	$(VENV)/pytest -m browser
+
+publish-destination: ## Say whether `make run` pushes to HuggingFace or to the publish folder only
+	@if [ -n "$${HF_TOKEN// /}" ] || grep -qsE '^(export +)?HF_TOKEN=.?[[:alnum:]]' .env; then \
+		echo "HF_TOKEN is set: make run writes the publish folder and pushes changed" \
+			"releases to the HuggingFace user or organisation named by PORTAL_HF_ORG."; \
+	else \
+		echo "HF_TOKEN is not set: make run skips HuggingFace and writes the publish folder" \
+			"only (PORTAL_PUBLISH_DIR, default data/publish/)."; \
+	fi
+
+commit-snapshots: ## Commit changed files under data/snapshots; no commit when none changed
+	@git add --all -- $(SNAPSHOT_PATHS)
+	@if git diff --cached --quiet -- $(SNAPSHOT_PATHS); then \
+		echo "No snapshot changed under $(SNAPSHOTS)/: nothing to commit."; \
+	else \
+		sources=$$(git diff --cached --name-only -- $(SNAPSHOT_PATHS) \
+			| cut -d/ -f3 | sort -u | paste -sd ' ' -); \
+		git commit --quiet -m "Update snapshots of $$sources" \
+			-m "Downloaded by make run at $$(date -u '+%Y-%m-%d %H:%M') UTC." \
+			-- $(SNAPSHOT_PATHS) && \
+		git log -1 --format='Committed %h: %s'; \
+	fi
+
+push-snapshots: ## Rebase local snapshot commits onto REMOTE/BRANCH and push them
+	@git fetch --quiet $(REMOTE) $(BRANCH)
+	@if [ "$$(git rev-list --count FETCH_HEAD..HEAD)" = 0 ]; then \
+		echo "No local commit to push to $(REMOTE)/$(BRANCH)."; exit 0; \
+	fi; \
+	for attempt in 1 2 3; do \
+		if ! git rebase --quiet FETCH_HEAD; then \
+			git rebase --abort; \
+			echo "Rebasing onto $(REMOTE)/$(BRANCH) failed: the same snapshot changed there." \
+				"Rerun make run to download it again." >&2; \
+			exit 1; \
+		fi; \
+		if git push --quiet $(REMOTE) HEAD:$(BRANCH); then \
+			echo "Pushed $$(git log -1 --format=%h) to $(REMOTE)/$(BRANCH)."; exit 0; \
+		fi; \
+		echo "Push to $(REMOTE)/$(BRANCH) was rejected (attempt $$attempt of 3); fetching again."; \
+		sleep $$((attempt * 5)); \
+		git fetch --quiet $(REMOTE) $(BRANCH); \
+	done; \
+	echo "Pushing to $(REMOTE)/$(BRANCH) failed 3 times; the commits stay local." >&2; exit 1
 
 lint: setup ## Check style with ruff
 	$(VENV)/ruff check portal portal_tests

@@ -1,4 +1,4 @@
-"""The Dagster code location: every dataset's assets, the warehouse and the main job.
+"""The Dagster code location: every dataset's assets, the warehouse, the jobs and schedules.
 
 `make run` executes `materialize_all`; `make dev` serves this location in the Dagster UI.
 """
@@ -9,6 +9,7 @@ import dagster as dg
 
 from portal.assets import WAREHOUSE, build_assets
 from portal.datasets import load_datasets
+from portal.schedules import build_schedules
 from portal.settings import Settings
 from portal.warehouse import DuckDBPolarsIOManager
 
@@ -30,9 +31,11 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         description="Download every source, rebuild every table and publish every dataset.",
         config={"loggers": {"console": {"config": {"log_level": "INFO"}}}},
     )
+    datasets = load_datasets()
     return dg.Definitions(
-        assets=build_assets(load_datasets()),
+        assets=build_assets(datasets),
         jobs=[materialize_all],
+        schedules=build_schedules(datasets),
         resources={
             WAREHOUSE: DuckDBPolarsIOManager(
                 connection=settings.warehouse, lock_timeout=settings.lock_timeout
