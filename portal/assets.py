@@ -17,7 +17,14 @@ from portal.checks import (
 )
 from portal.dataset import Dataset, Source
 from portal.fetch import fetch
-from portal.publish import read_source_records, render_card, write_release
+from portal.huggingface import HuggingFacePublisher, announce_local_only
+from portal.publish import (
+    describe_publication,
+    lineage_paths,
+    publication_metadata,
+    publish_release,
+    read_source_records,
+)
 from portal.settings import Settings
 
 WAREHOUSE = "warehouse"
@@ -172,31 +179,32 @@ def publish_asset(dataset: Dataset, lookup: dict[str, Dataset]) -> dg.AssetsDefi
     @dg.asset(
         key=["publish", dataset.name],
         group_name="publish",
-        description=f"Release folder of {dataset.name}: zstd Parquet and a dataset card.",
+        description=(
+            f"Release of {dataset.name}: zstd Parquet, dataset card and datapackage.json, in the "
+            "local publish folder and, with HF_TOKEN set, in a HuggingFace dataset repository."
+        ),
         ins={"table": dg.AssetIn(key=[dataset.name])},
-        kinds={"parquet"},
+        kinds={"parquet", "huggingface"},
     )
-    def publish(context: dg.AssetExecutionContext, table: pl.DataFrame) -> dg.MaterializeResult:
+    def publish(
+        context: dg.AssetExecutionContext, table: pl.DataFrame, huggingface: HuggingFacePublisher
+    ) -> dg.MaterializeResult:
         settings = Settings.from_env()
-        sources = read_source_records(settings.snapshot_dir, dataset, lookup)
-        lineage = [
-            *(f"raw.{record.name}" for record in sources),
-            dataset.name,
-            f"{dataset.name}.parquet",
-        ]
-        card = render_card(dataset, table, sources, lineage)
-        release = write_release(settings.publish_dir, dataset, table, card)
-        parquet = release / f"{dataset.name}.parquet"
-        context.log.info(
-            f"dataset {dataset.name}: published {table.height:,} rows to {release} "
-            f"({parquet.stat().st_size:,} bytes of Parquet)"
+        if not huggingface.enabled:
+            announce_local_only(context.run.run_id, context.log, settings.publish_dir)
+        publication = publish_release(
+            dataset,
+            table,
+            read_source_records(settings.snapshot_dir, dataset, lookup),
+            lineage_paths(dataset, lookup),
+            settings.publish_dir,
+            huggingface if huggingface.enabled else None,
+            f"Publish {dataset.name} from Dagster run {context.run.run_id}",
+            context.log,
         )
+        context.log.info(f"dataset {dataset.name}: {describe_publication(publication)}")
         return dg.MaterializeResult(
-            metadata={
-                "dagster/uri": dg.MetadataValue.path(str(release)),
-                "dagster/row_count": table.height,
-                "parquet_bytes": parquet.stat().st_size,
-            }
+            metadata=publication_metadata(publication, table.height)
         )
 
     return publish

@@ -9,8 +9,9 @@ import dagster as dg
 
 from portal.assets import WAREHOUSE, build_assets
 from portal.datasets import load_datasets
+from portal.huggingface import HuggingFacePublisher
 from portal.schedules import build_schedules
-from portal.settings import Settings
+from portal.settings import HubSettings, Settings
 from portal.warehouse import DuckDBPolarsIOManager
 
 EXECUTORS = {
@@ -39,7 +40,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
         resources={
             WAREHOUSE: DuckDBPolarsIOManager(
                 connection=settings.warehouse, lock_timeout=settings.lock_timeout
-            )
+            ),
+            "huggingface": HuggingFacePublisher.from_settings(HubSettings.from_env()),
         },
         executor=EXECUTORS[settings.executor],
     )

@@ -69,3 +69,29 @@ class Settings:
     def source_url(self, source_name: str, declared_url: str) -> str:
         """Return the URL to fetch for a source: its environment override, else the declared one."""
         return os.environ.get(source_url_variable(source_name)) or declared_url
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Where and how releases go to HuggingFace. The token is not here: the publisher reads
+    HF_TOKEN from the environment when it pushes, so no setting object ever holds it."""
+
+    endpoint: str
+    organisation: str
+    private: bool
+    attempts: int
+    retry_pause: float
+    max_pause: float
+
+    @classmethod
+    def from_env(cls) -> HubSettings:
+        load_dotenv()
+        env = os.environ
+        return cls(
+            endpoint=(env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
+            organisation=env.get("PORTAL_HF_ORG", "").strip(),
+            private=env.get("PORTAL_HF_PRIVATE", "").strip().lower() in TRUE_WORDS,
+            attempts=max(1, int(env.get("PORTAL_HF_ATTEMPTS", "4"))),
+            retry_pause=float(env.get("PORTAL_HF_RETRY_PAUSE", "2")),
+            max_pause=float(env.get("PORTAL_HF_MAX_PAUSE", "60")),
+        )
