@@ -49,6 +49,8 @@ def prepare_offline_portal(committed_snapshots: Path) -> Callable[[Path], dict[s
             "PORTAL_OFFLINE": "1",
             "PORTAL_EXECUTOR": "in_process",
             "PORTAL_LOCK_TIMEOUT": "10",
+            # An empty token keeps a developer's HF_TOKEN (or one in .env) from pushing to the Hub.
+            "HF_TOKEN": "",
         }
 
     return prepare
