@@ -1,19 +1,34 @@
 """The warehouse: a Dagster IO manager that stores Polars DataFrames as DuckDB tables.
 
 Asset key `["raw", "weather"]` is table `raw.weather`; a one-part key `weather` is `main.weather`.
-Every write replaces the table (or, for a partitioned asset, that partition's rows) inside one
-transaction, so a failed step leaves the previous table whole. Each write also stores the
-frame's Polars schema in `_portal.table_schemas`, which lets a read restore the types DuckDB
-does not carry (time zone names, categoricals, all-null columns).
+Statements name tables with the catalog too (`"raw"."raw"."weather"` in a file `raw.duckdb`),
+because DuckDB cannot tell a schema from a database file of the same name.
+
+Every write replaces the table inside one transaction, so a failed step leaves the previous
+table whole, and a changed schema (added, removed or retyped columns) simply replaces the old
+one. Each write also stores the frame's Polars schema in `_portal.table_schemas`, which lets a
+read restore the types DuckDB does not carry (time zone names, categoricals, enums, all-null
+columns, duration units). Durations are stored as DuckDB INTERVALs, which cut them to whole
+microseconds.
+
+A partitioned asset names the column that contains its partition in `partition_expr` metadata.
+For time-window partitions a date or timestamp column must lie in the window (a naive timestamp
+is wall-clock time in the partitions' time zone); any other column must equal the partition key.
+A write replaces that partition's rows and keeps the others; it rejects rows that lie outside
+the partition. When a partition's schema differs from the kept rows, the table takes the union
+of the columns (missing values are null) and a retyped column takes DuckDB's common type.
+A read of a partition returns only its rows.
 
 Connections are opened per read or write and closed at once. When another process holds the
-file's lock, a connection waits up to `lock_timeout` seconds before failing with a message
-that names the file and the holding process.
+file's lock, a connection waits up to `lock_timeout` seconds before raising `WarehouseLocked`
+with a message that names the file and the holding process.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import logging
 import re
 import time
 from collections.abc import Iterator
@@ -24,12 +39,21 @@ import dagster as dg
 import duckdb
 import polars as pl
 
-SCHEMA_TABLE = "_portal.table_schemas"
+logger = logging.getLogger(__name__)
+
+SCHEMA_TABLE = ("_portal", "table_schemas")
 LOCK_MESSAGE = "Could not set lock on file"
+NAIVE_TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
+ZONED_TIMESTAMP_TYPES = {"TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ_NS"}
+TEMPORAL_TYPES = NAIVE_TIMESTAMP_TYPES | ZONED_TIMESTAMP_TYPES | {"DATE"}
 
 
 class WarehouseLocked(RuntimeError):
     """The DuckDB file stayed locked by another process for longer than the lock timeout."""
+
+
+class TableNotFound(LookupError):
+    """The warehouse holds no table for the requested asset."""
 
 
 def quote(identifier: str) -> str:
@@ -47,8 +71,47 @@ def table_of(asset_key: dg.AssetKey) -> tuple[str, str]:
     return (path[-2], path[-1]) if len(path) > 1 else ("main", path[-1])
 
 
+def qualified(con: duckdb.DuckDBPyConnection, *names: str) -> str:
+    """Return `"catalog"."schema"."table"`, which stays unambiguous whatever the file's name."""
+    catalog = con.execute("SELECT current_database()").fetchone()[0]
+    return ".".join(quote(name) for name in (catalog, *names))
+
+
 def is_local_file(connection: str) -> bool:
     return not (connection == ":memory:" or re.match(r"^[a-z]+:", connection))
+
+
+def lock_holder(error: duckdb.IOException) -> str:
+    """Return the process named in DuckDB's lock error, e.g. `/usr/bin/python3 (PID 4841)`."""
+    holder = re.search(r"held in (.+?)(?: by user|\. See|$)", str(error))
+    return holder.group(1) if holder else "another process"
+
+
+def open_waiting(connection: str, lock_timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open a connection, retrying while another process holds the file's lock."""
+    deadline = time.monotonic() + lock_timeout
+    attempt = 0
+    while True:
+        try:
+            return duckdb.connect(connection)
+        except duckdb.IOException as error:
+            if LOCK_MESSAGE not in str(error):
+                raise
+            pause = min(0.05 * 2**attempt, 0.2)
+            if time.monotonic() + pause > deadline:
+                raise WarehouseLocked(
+                    f"warehouse {connection} is still locked after {lock_timeout:g} s by "
+                    f"{lock_holder(error)}. Stop that process or raise PORTAL_LOCK_TIMEOUT."
+                ) from error
+            if attempt == 0:
+                logger.info(
+                    "warehouse %s is locked by %s; waiting up to %g s",
+                    connection,
+                    lock_holder(error),
+                    lock_timeout,
+                )
+            time.sleep(pause)
+            attempt += 1
 
 
 @contextmanager
@@ -56,24 +119,7 @@ def connect(connection: str, lock_timeout: float) -> Iterator[duckdb.DuckDBPyCon
     """Open a short-lived connection, waiting for another process's lock up to `lock_timeout`."""
     if is_local_file(connection):
         Path(connection).parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + lock_timeout
-    pause = 0.05
-    while True:
-        try:
-            con = duckdb.connect(connection)
-            break
-        except duckdb.IOException as error:
-            if LOCK_MESSAGE not in str(error):
-                raise
-            if time.monotonic() + pause > deadline:
-                holder = re.search(r"held in (.+?)(?: by user|\. See|$)", str(error))
-                raise WarehouseLocked(
-                    f"warehouse {connection} is still locked after {lock_timeout:.0f} s by "
-                    f"{holder.group(1) if holder else 'another process'}. Stop that process or "
-                    "raise PORTAL_LOCK_TIMEOUT."
-                ) from error
-            time.sleep(pause)
-            pause = min(pause * 2, 1.0)
+    con = open_waiting(connection, lock_timeout)
     try:
         # Reads then return timestamps in UTC whatever the machine's zone; stored schemas
         # restore each column's own zone.
@@ -83,9 +129,20 @@ def connect(connection: str, lock_timeout: float) -> Iterator[duckdb.DuckDBPyCon
         con.close()
 
 
-def schema_to_bytes(frame: pl.DataFrame) -> bytes:
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def schema_to_bytes(polars_schema: pl.Schema) -> bytes:
     buffer = io.BytesIO()
-    frame.head(0).write_ipc(buffer)
+    pl.DataFrame(schema=polars_schema).write_ipc(buffer)
     return buffer.getvalue()
 
 
@@ -95,17 +152,24 @@ def schema_from_bytes(blob: bytes) -> pl.Schema:
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
     found = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_schema = ? AND table_name = ?",
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND table_schema = ? AND table_name = ?",
         [schema, table],
     ).fetchone()
     return bool(found and found[0])
 
 
+def column_types(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    """Return {column: DuckDB type} of a table or registered view."""
+    return {row[0]: row[1] for row in con.execute(f"DESCRIBE {relation}").fetchall()}
+
+
 def stored_schema(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> pl.Schema | None:
-    if not table_exists(con, "_portal", "table_schemas"):
+    if not table_exists(con, *SCHEMA_TABLE):
         return None
     row = con.execute(
-        f"SELECT polars_schema FROM {SCHEMA_TABLE} WHERE table_schema = ? AND table_name = ?",
+        f"SELECT polars_schema FROM {qualified(con, *SCHEMA_TABLE)} "
+        "WHERE table_schema = ? AND table_name = ?",
         [schema, table],
     ).fetchone()
     return schema_from_bytes(row[0]) if row else None
@@ -114,26 +178,58 @@ def stored_schema(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> pl
 def record_schema(
     con: duckdb.DuckDBPyConnection, schema: str, table: str, polars_schema: pl.Schema
 ) -> None:
-    con.execute("CREATE SCHEMA IF NOT EXISTS _portal")
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {qualified(con, SCHEMA_TABLE[0])}")
+    target = qualified(con, *SCHEMA_TABLE)
     con.execute(
-        f"CREATE TABLE IF NOT EXISTS {SCHEMA_TABLE} (table_schema VARCHAR, table_name VARCHAR, "
+        f"CREATE TABLE IF NOT EXISTS {target} (table_schema VARCHAR, table_name VARCHAR, "
         "polars_schema BLOB, written_at TIMESTAMPTZ, PRIMARY KEY (table_schema, table_name))"
     )
-    blob = schema_to_bytes(pl.DataFrame(schema=polars_schema))
-    con.execute(
-        f"INSERT OR REPLACE INTO {SCHEMA_TABLE} VALUES (?, ?, ?, now())", [schema, table, blob]
-    )
+    blob = schema_to_bytes(polars_schema)
+    con.execute(f"INSERT OR REPLACE INTO {target} VALUES (?, ?, ?, now())", [schema, table, blob])
+
+
+def partition_column(context: dg.OutputContext | dg.InputContext) -> str:
+    metadata = (
+        context.definition_metadata
+        if isinstance(context, dg.OutputContext)
+        else context.upstream_output.definition_metadata
+    ) or {}
+    column = metadata.get("partition_expr")
+    if not column:
+        raise ValueError(
+            f"{context.asset_key.to_user_string()} is partitioned but declares no "
+            "'partition_expr' metadata naming the column that holds the partition key"
+        )
+    return column
+
+
+def window_bounds(window: dg.TimeWindow, duck_type: str) -> list:
+    """Return the window's start and end in the form that compares right with `duck_type`."""
+    if duck_type == "DATE":
+        return [window.start.date(), window.end.date()]
+    if duck_type in NAIVE_TIMESTAMP_TYPES:
+        # A naive timestamp holds wall-clock time in the partitions' own time zone.
+        return [window.start.replace(tzinfo=None), window.end.replace(tzinfo=None)]
+    return [window.start.astimezone(dt.UTC), window.end.astimezone(dt.UTC)]
 
 
 def partition_filter(
-    context: dg.OutputContext | dg.InputContext, column: str
+    context: dg.OutputContext | dg.InputContext, relation: str, con: duckdb.DuckDBPyConnection
 ) -> tuple[str, list]:
-    """Return a SQL condition (and its parameters) selecting the context's partition rows."""
+    """Return a SQL condition (and its parameters) that selects the context's partition rows."""
+    column = partition_column(context)
+    types = column_types(con, relation)
+    if column not in types:
+        raise ValueError(
+            f"{context.asset_key.to_user_string()}: partition_expr names column {column!r}, "
+            f"which is not among the columns {sorted(types)}"
+        )
     target = quote(column)
-    partitions_def = context.asset_partitions_def
-    if isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
-        window = context.asset_partitions_time_window
-        return f"{target} >= ? AND {target} < ?", [window.start, window.end]
+    duck_type = types[column]
+    is_time_window = isinstance(context.asset_partitions_def, dg.TimeWindowPartitionsDefinition)
+    if is_time_window and duck_type in TEMPORAL_TYPES:
+        bounds = window_bounds(context.asset_partitions_time_window, duck_type)
+        return f"{target} >= ? AND {target} < ?", bounds
     keys = list(context.asset_partition_keys)
     return f"{target} IN ({', '.join('?' for _ in keys)})", keys
 
@@ -147,8 +243,9 @@ def check_partition_rows(
     ).fetchone()[0]
     if outside:
         raise ValueError(
-            f"{context.asset_key.to_user_string()}: {outside} rows fall outside partition "
-            f"{context.asset_partition_keys}; a partition's output may hold only its own rows"
+            f"{context.asset_key.to_user_string()}: {outside} rows have a "
+            f"{partition_column(context)!r} outside partition {context.asset_partition_keys} "
+            "(or null); a partition's output may hold only its own rows"
         )
 
 
@@ -163,41 +260,69 @@ def partitioned_schema(old: pl.Schema | None, new: pl.Schema) -> pl.Schema:
     return pl.Schema(merged)
 
 
+def replace_table(con: duckdb.DuckDBPyConnection, target: str, frame: pl.DataFrame) -> pl.Schema:
+    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM incoming")
+    return frame.schema
+
+
+def replace_partition(
+    con: duckdb.DuckDBPyConnection,
+    context: dg.OutputContext,
+    names: tuple[str, str],
+    frame: pl.DataFrame,
+) -> pl.Schema:
+    """Write the partition's rows in place of the old ones, keeping every other partition."""
+    target = qualified(con, *names)
+    condition, parameters = partition_filter(context, "incoming", con)
+    check_partition_rows(con, condition, parameters, context)
+    if not table_exists(con, *names):
+        return replace_table(con, target, frame)
+
+    condition, parameters = partition_filter(context, target, con)
+    con.execute(
+        f"CREATE OR REPLACE TABLE {target} AS "
+        f"(SELECT * FROM {target} WHERE NOT coalesce({condition}, false)) "
+        "UNION ALL BY NAME (SELECT * FROM incoming)",
+        parameters,
+    )
+    return partitioned_schema(stored_schema(con, *names), frame.schema)
+
+
 def restore_types(frame: pl.DataFrame, schema: pl.Schema | None) -> pl.DataFrame:
     if schema is None:
         return frame
-    return frame.with_columns(
-        pl.col(name).cast(dtype) for name, dtype in schema.items() if name in frame.columns
-    )
+    columns = []
+    for name, dtype in schema.items():
+        if name not in frame.columns:
+            continue
+        column = pl.col(name)
+        if isinstance(dtype, pl.Duration) and frame.schema[name].is_integer():
+            column = column.cast(pl.Duration("us"))  # select_sql reads INTERVAL as microseconds
+        columns.append(column.cast(dtype))
+    return frame.with_columns(columns)
 
 
-def select_sql(
-    con: duckdb.DuckDBPyConnection, schema: str, table: str, columns: list[str] | None
-) -> str:
+def select_sql(con: duckdb.DuckDBPyConnection, target: str, columns: list[str] | None) -> str:
     """Build a SELECT that returns INTERVAL columns as microseconds, which Polars can import."""
-    described = con.execute(f"DESCRIBE {quote(schema)}.{quote(table)}").fetchall()
     expressions = []
-    for name, duck_type, *_ in described:
+    for name, duck_type in column_types(con, target).items():
         if columns is not None and name not in columns:
             continue
         if duck_type == "INTERVAL":
             expressions.append(f"epoch_us({quote(name)}) AS {quote(name)}")
         else:
             expressions.append(quote(name))
-    return f"SELECT {', '.join(expressions)} FROM {quote(schema)}.{quote(table)}"
+    return f"SELECT {', '.join(expressions)} FROM {target}"
 
 
-def comment_on(
-    con: duckdb.DuckDBPyConnection, schema: str, table: str, context: dg.OutputContext
-) -> None:
+def comment_on(con: duckdb.DuckDBPyConnection, target: str, context: dg.OutputContext) -> None:
     """Copy the `table_comment` and column descriptions of the asset's metadata into DuckDB."""
-    target = f"{quote(schema)}.{quote(table)}"
     description = context.definition_metadata.get("table_comment")
     if description:
         con.execute(f"COMMENT ON TABLE {target} IS {literal(str(description))}")
     column_schema = context.definition_metadata.get("dagster/column_schema")
     if isinstance(column_schema, dg.TableSchema):
-        present = {row[0] for row in con.execute(f"DESCRIBE {target}").fetchall()}
+        present = column_types(con, target)
         for column in column_schema.columns:
             if column.description and column.name in present:
                 con.execute(
@@ -221,39 +346,18 @@ class DuckDBPolarsIOManager(dg.ConfigurableIOManager):
                 "the warehouse stores only polars.DataFrame"
             )
         schema, table = table_of(context.asset_key)
-        target = f"{quote(schema)}.{quote(table)}"
 
         with connect(self.connection, self.lock_timeout) as con:
             con.register("incoming", obj.to_arrow())
-            con.execute("BEGIN TRANSACTION")
-            try:
-                con.execute(f"CREATE SCHEMA IF NOT EXISTS {quote(schema)}")
-                if context.has_asset_partitions and table_exists(con, schema, table):
-                    column = self.partition_column(context)
-                    condition, parameters = partition_filter(context, column)
-                    check_partition_rows(con, condition, parameters, context)
-                    polars_schema = partitioned_schema(
-                        stored_schema(con, schema, table), obj.schema
-                    )
-                    con.execute(
-                        f"CREATE OR REPLACE TABLE {target} AS "
-                        f"(SELECT * FROM {target} WHERE NOT coalesce({condition}, false)) "
-                        "UNION ALL BY NAME (SELECT * FROM incoming)",
-                        parameters,
-                    )
+            target = qualified(con, schema, table)
+            with transaction(con):
+                con.execute(f"CREATE SCHEMA IF NOT EXISTS {qualified(con, schema)}")
+                if context.has_asset_partitions:
+                    polars_schema = replace_partition(con, context, (schema, table), obj)
                 else:
-                    if context.has_asset_partitions:
-                        column = self.partition_column(context)
-                        condition, parameters = partition_filter(context, column)
-                        check_partition_rows(con, condition, parameters, context)
-                    polars_schema = obj.schema
-                    con.execute(f"CREATE OR REPLACE TABLE {target} AS SELECT * FROM incoming")
+                    polars_schema = replace_table(con, target, obj)
                 record_schema(con, schema, table, polars_schema)
-                comment_on(con, schema, table, context)
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                comment_on(con, target, context)
             rows = con.execute(f"SELECT count(*) FROM {target}").fetchone()[0]
 
         context.add_output_metadata(
@@ -262,32 +366,40 @@ class DuckDBPolarsIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
         schema, table = table_of(context.asset_key)
+        if is_local_file(self.connection) and not Path(self.connection).exists():
+            raise self.missing(context, schema, table)
+
         with connect(self.connection, self.lock_timeout) as con:
             if not table_exists(con, schema, table):
-                raise FileNotFoundError(
-                    f"table {schema}.{table} is not in warehouse {self.connection}; materialize "
-                    f"{context.asset_key.to_user_string()} first"
-                )
+                raise self.missing(context, schema, table)
+            target = qualified(con, schema, table)
             columns = (context.definition_metadata or {}).get("columns")
-            query = select_sql(con, schema, table, columns)
+            query = select_sql(con, target, columns)
             parameters: list = []
             if context.has_asset_partitions:
-                condition, parameters = partition_filter(context, self.partition_column(context))
+                condition, parameters = partition_filter(context, target, con)
                 query += f" WHERE {condition}"
             frame = pl.from_arrow(con.sql(query, params=parameters or None).to_arrow_table())
             return restore_types(frame, stored_schema(con, schema, table))
 
-    @staticmethod
-    def partition_column(context: dg.OutputContext | dg.InputContext) -> str:
-        metadata = (
-            context.definition_metadata
-            if isinstance(context, dg.OutputContext)
-            else context.upstream_output.definition_metadata
-        ) or {}
-        column = metadata.get("partition_expr")
-        if not column:
-            raise ValueError(
-                f"{context.asset_key.to_user_string()} is partitioned but declares no "
-                "'partition_expr' metadata naming the column that holds the partition key"
-            )
-        return column
+    def missing(self, context: dg.InputContext, schema: str, table: str) -> TableNotFound:
+        return TableNotFound(
+            f"table {schema}.{table} is not in warehouse {self.connection}; materialize "
+            f"{context.asset_key.to_user_string()} first"
+        )
+
+
+def read_table(connection: str, lock_timeout: float, asset_key: dg.AssetKey) -> pl.DataFrame | None:
+    """Return an asset's whole stored table with its Polars types, or None when it is not stored.
+
+    For assets that read their own previous version, such as tables that accumulate rows.
+    """
+    schema, table = table_of(asset_key)
+    if is_local_file(connection) and not Path(connection).exists():
+        return None
+    with connect(connection, lock_timeout) as con:
+        if not table_exists(con, schema, table):
+            return None
+        query = select_sql(con, qualified(con, schema, table), None)
+        frame = pl.from_arrow(con.sql(query).to_arrow_table())
+        return restore_types(frame, stored_schema(con, schema, table))
