@@ -26,6 +26,7 @@ from portal.publish import (
     read_source_records,
 )
 from portal.settings import Settings
+from portal.warehouse import read_table
 
 WAREHOUSE = "warehouse"
 
@@ -129,6 +130,22 @@ def raw_asset(source: Source) -> dg.AssetsDefinition:
     return download
 
 
+def accumulate(
+    context: dg.AssetExecutionContext, dataset: Dataset, fresh: pl.DataFrame
+) -> pl.DataFrame:
+    """Merge this run's rows into the stored table, the newest revision of each key winning."""
+    warehouse = getattr(context.resources, WAREHOUSE)
+    stored = read_table(warehouse.connection, warehouse.lock_timeout, context.asset_key)
+    merged = dataset.accumulate.merge(stored, fresh)
+    stored_rows = 0 if stored is None else stored.height
+    context.log.info(
+        f"dataset {dataset.name}: merged {fresh.height:,} fresh rows into {stored_rows:,} stored "
+        f"rows by {list(dataset.accumulate.key)}: {merged.height - stored_rows:,} new, "
+        f"{merged.height:,} in all"
+    )
+    return merged
+
+
 def dataset_asset(dataset: Dataset) -> dg.AssetsDefinition:
     ins = {
         name: dg.AssetIn(key=["raw", name] if isinstance(item, Source) else [name])
@@ -143,6 +160,7 @@ def dataset_asset(dataset: Dataset) -> dg.AssetsDefinition:
         io_manager_key=WAREHOUSE,
         kinds={"duckdb", "polars"},
         check_specs=check_specs(dataset),
+        required_resource_keys={WAREHOUSE},
         metadata={
             "dagster/column_schema": column_schema(dataset),
             "table_comment": f"{dataset.title}. {dataset.description.strip()}",
@@ -151,6 +169,8 @@ def dataset_asset(dataset: Dataset) -> dg.AssetsDefinition:
     def build(context: dg.AssetExecutionContext, **inputs: pl.DataFrame):
         frame = dataset.conform(dataset.build(**inputs))
         context.log.info(f"dataset {dataset.name}: built {frame.height:,} rows from {list(inputs)}")
+        if dataset.accumulate:
+            frame = accumulate(context, dataset, frame)
 
         results, failures = rule_results(dataset, frame)
         previous = latest_row_count(context, dg.AssetKey([dataset.name]))

@@ -80,12 +80,40 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Accumulate:
+    """Keep the rows of earlier runs: each run's rows are merged into the stored table.
+
+    A row whose `key` is already stored replaces the stored row when its `latest_by` value is
+    newer or equal, so a revised record wins and nothing is duplicated.
+    """
+
+    key: Sequence[str]
+    latest_by: str
+
+    def merge(self, stored: pl.DataFrame | None, fresh: pl.DataFrame) -> pl.DataFrame:
+        if stored is None or stored.is_empty():
+            combined = fresh
+        else:
+            # Stored rows keep only today's columns, and get nulls in columns added since.
+            kept = stored.select(name for name in fresh.columns if name in stored.columns)
+            combined = pl.concat([kept, fresh], how="diagonal_relaxed").select(fresh.columns)
+        # Fresh rows come last, so among equal `latest_by` values the fresh row is kept.
+        return (
+            combined.with_row_index("_arrival")
+            .sort([self.latest_by, "_arrival"], nulls_last=False)
+            .unique(subset=list(self.key), keep="last", maintain_order=True)
+            .drop("_arrival")
+        )
+
+
+@dataclass(frozen=True)
 class Dataset:
     """A finished table: its inputs, its columns and the function that builds it.
 
     `inputs` holds `Source`s (raw downloads) and names of other datasets (for joins). `build`
     is called with one Polars DataFrame per input, as keyword arguments named after the
-    source or dataset, and returns the finished DataFrame.
+    source or dataset, and returns the finished DataFrame. With `accumulate` set, the table
+    keeps the rows of earlier runs (see `Accumulate`).
     """
 
     name: str
@@ -97,6 +125,7 @@ class Dataset:
     key: Sequence[str] = ()
     publish: bool = True
     tags: Sequence[str] = ()
+    accumulate: Accumulate | None = None
 
     @property
     def sources(self) -> list[Source]:

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 import polars as pl
 
-from portal.dataset import Column, Dataset, Origin, Source
+from portal.dataset import Accumulate, Column, Dataset, Origin, Source
 
 source = Source(
     name="earthquakes",
@@ -48,11 +48,12 @@ def build(earthquakes: pl.DataFrame) -> pl.DataFrame:
 
 dataset = Dataset(
     name="earthquakes",
-    title="Earthquakes of the past week",
+    title="Earthquakes worldwide, accumulated from the USGS feed",
     description=(
-        "Every seismic event of one week recorded by the USGS Earthquake Hazards Program, "
-        "with its time, magnitude, position and review status. Revised events keep their "
-        "id and carry a newer update time."
+        "Every seismic event recorded by the USGS Earthquake Hazards Program since the portal "
+        "started scraping its one-week feed, with time, magnitude, position and review status. "
+        "Each run adds the new events; a revised event keeps its id and replaces the earlier "
+        "row when its update time is newer."
     ),
     inputs=[source],
     columns=[
@@ -90,5 +91,7 @@ dataset = Dataset(
     ],
     build=build,
     key=["event_id"],
+    # The feed covers only the past week: keep every event seen, the latest revision winning.
+    accumulate=Accumulate(key=["event_id"], latest_by="updated"),
     tags=["hazards", "earthquakes", "geospatial"],
 )
