@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from portal.datasets import load_datasets
 from portal.definitions import build_definitions
 from portal.settings import PROJECT_ROOT
 
@@ -216,3 +217,73 @@ def test_ui_joined_dataset_edges(ui_assets):
     # The joined table reads three clean tables, never a raw one directly.
     upstream = {"/".join(dep["path"]) for dep in ui_assets["climate_by_year"]["dependencyKeys"]}
     assert upstream == {"co2_concentration", "global_temperature", "disasters"}
+
+
+ASSET_PAGE_QUERY = """
+query AssetPage($path: [String!]!) {
+  assetNodeOrError(assetKey: {path: $path}) {
+    __typename
+    ... on AssetNode {
+      description
+      metadataEntries {
+        label
+        ... on TableSchemaMetadataEntry {
+          schema { columns { name type description constraints { nullable unique } } }
+        }
+      }
+      assetChecksOrError {
+        __typename
+        ... on AssetChecks { checks { name description blocking } }
+      }
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def weather_page(webserver: Webserver) -> dict:
+    """What the UI's asset page of the clean table `weather` is drawn from."""
+    response = requests.post(
+        f"{webserver.url}/graphql",
+        json={"query": ASSET_PAGE_QUERY, "variables": {"path": ["weather"]}},
+        timeout=30,
+    )
+    response.raise_for_status()
+    node = response.json()["data"]["assetNodeOrError"]
+    assert node["__typename"] == "AssetNode"
+    return node
+
+
+@pytest.mark.slow
+def test_asset_page_column_descriptions(weather_page):
+    entries = {entry["label"]: entry for entry in weather_page["metadataEntries"]}
+    columns = {
+        column["name"]: column for column in entries["dagster/column_schema"]["schema"]["columns"]
+    }
+    declared = {dataset.name: dataset for dataset in load_datasets()}["weather"]
+
+    assert list(columns) == [column.name for column in declared.columns]
+    assert columns["precipitation_mm"]["description"] == "Total precipitation (mm)"
+    assert columns["date"]["type"] == "Date"
+    assert columns["station"]["constraints"]["nullable"] is False
+
+
+@pytest.mark.slow
+def test_asset_page_lists_checks(weather_page):
+    checks = {check["name"]: check for check in weather_page["assetChecksOrError"]["checks"]}
+
+    assert set(checks) == {
+        "station_not_null",
+        "station_allowed",
+        "date_not_null",
+        "primary_key",
+        "precipitation_mm_range",
+        "temperature_max_c_range",
+        "temperature_min_c_range",
+        "wind_speed_ms_range",
+        "condition_allowed",
+        "row_count",
+    }
+    assert checks["condition_allowed"]["blocking"] is True
+    assert "drizzle" in checks["condition_allowed"]["description"]
