@@ -70,7 +70,7 @@ def column_checks(column: Column) -> list[tuple[str, str, pa.Check]]:
 
 
 def dataset_rules(dataset: Dataset) -> list[Rule]:
-    """List every rule of a dataset, in the order its checks appear in the UI."""
+    """List every rule of a dataset: column rules in declaration order, then the key."""
     rules = []
     for column in dataset.columns:
         if not column.nullable:
@@ -129,7 +129,7 @@ def evaluate(dataset: Dataset, frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
 
 
 def describe_failure(rule: Rule, cases: pl.DataFrame) -> str:
-    """Say what broke in words a volunteer can act on: rule, count, sample values and rows."""
+    """Describe a broken rule for a volunteer: the rule, the count, sample values and rows."""
     values = cases["failure_case"].unique(maintain_order=True).head(SAMPLE_SIZE).to_list()
     rows = cases["index"].drop_nulls().head(SAMPLE_SIZE).to_list()
     return (
@@ -163,7 +163,7 @@ def check_specs(dataset: Dataset) -> list[dg.AssetCheckSpec]:
 def rule_results(
     dataset: Dataset, frame: pl.DataFrame
 ) -> tuple[list[dg.AssetCheckResult], list[str]]:
-    """Run every rule; return one check result per rule and the messages of the broken ones."""
+    """Run every rule, returning one check result per rule and the messages of broken ones."""
     broken = evaluate(dataset, frame)
     results, messages = [], []
     for rule in dataset_rules(dataset):
@@ -196,7 +196,7 @@ def sample_table(cases: pl.DataFrame) -> str:
 def row_count_result(
     previous: int | None, current: int, max_drop: float
 ) -> tuple[dg.AssetCheckResult, str | None]:
-    """Compare the row count with the last materialization's; fail on a drop beyond max_drop."""
+    """Compare the row count with the last materialization's, failing on a drop past max_drop."""
     if previous is None or previous == 0:
         return dg.AssetCheckResult(
             check_name="row_count", passed=True, metadata={"rows": current}
