@@ -5,9 +5,12 @@ For a dataset `weather` with a source `weather`, the graph is
 A dataset that reads other datasets lands in group `joined`.
 """
 
+from collections.abc import Iterator
+
 import dagster as dg
 import polars as pl
 
+from portal.changes import data_version, fetch_once, rebuild_reason, register
 from portal.checks import (
     RulesFailed,
     check_specs,
@@ -16,7 +19,6 @@ from portal.checks import (
     rule_results,
 )
 from portal.dataset import Dataset, Source
-from portal.fetch import fetch
 from portal.huggingface import HuggingFacePublisher, announce_local_only
 from portal.publish import (
     describe_publication,
@@ -91,40 +93,60 @@ def preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
 
 
 def raw_asset(source: Source) -> dg.AssetsDefinition:
+    """Download a source into its snapshot and its raw table. The data version digests the
+    file and its origin record; an unchanged download yields no table, so Dagster skips the
+    steps downstream, unless one of them needs a rebuild anyway (see portal/changes.py)."""
+    register(source)
+
     @dg.asset(
         key=["raw", source.name],
         group_name="raw",
         description=source.description or f"{source.format.upper()} from {source.url}",
         io_manager_key=WAREHOUSE,
         kinds={"duckdb", source.format},
+        output_required=False,
         metadata={
             "url": dg.MetadataValue.url(source.url),
             "format": source.format,
             "table_comment": f"Raw {source.format} of {source.url}, values as published.",
         },
     )
-    def download(context: dg.AssetExecutionContext) -> dg.Output[pl.DataFrame]:
-        snapshot = fetch(source, Settings.from_env())
+    def download(context: dg.AssetExecutionContext) -> Iterator[dg.Output[pl.DataFrame]]:
+        snapshot = fetch_once(context, source)
+        retrieved = snapshot.origin.get("retrieved", "at an unknown time")
         if snapshot.used == "snapshot":
-            context.log.warning(
-                f"source {source.name}: {snapshot.reason}. Using the committed snapshot "
-                f"{snapshot.path} retrieved {snapshot.origin.get('retrieved', 'at an unknown time')}."
-            )
+            context.log.warning(f"{snapshot.reason}. Using the snapshot retrieved {retrieved}.")
         else:
             context.log.info(
-                f"source {source.name}: downloaded {snapshot.origin.get('url')} "
-                f"({snapshot.reason}, {snapshot.path.stat().st_size:,} bytes)"
+                f"source {source.name}: {snapshot.reason}, {snapshot.origin.get('url')} "
+                f"({snapshot.path.stat().st_size:,} bytes)"
             )
-        return dg.Output(
+        version = data_version(snapshot)
+        metadata = {
+            "used": snapshot.used,
+            "reason": snapshot.reason,
+            "snapshot": dg.MetadataValue.path(str(snapshot.path)),
+            "retrieved": snapshot.origin.get("retrieved", "unknown"),
+            "sha256": snapshot.sha256,
+            "dagster/row_count": snapshot.frame.height,
+        }
+
+        reason = rebuild_reason(context, version)
+        if reason is None:
+            context.log.info(
+                f"source {source.name}: file and origin unchanged since the last "
+                "materialization; the raw table is kept and the steps downstream are skipped"
+            )
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=context.asset_key, metadata={**metadata, "unchanged": True}
+                )
+            )
+            return
+        yield dg.Output(
             snapshot.frame,
-            metadata={
-                "used": snapshot.used,
-                "reason": snapshot.reason,
-                "snapshot": dg.MetadataValue.path(str(snapshot.path)),
-                "retrieved": snapshot.origin.get("retrieved", "unknown"),
-                "sha256": snapshot.origin.get("sha256", ""),
-                "dagster/row_count": snapshot.frame.height,
-            },
+            metadata={**metadata, "unchanged": False, "rebuilt_because": reason},
+            data_version=dg.DataVersion(version),
         )
 
     return download

@@ -40,6 +40,13 @@ class Source:
     `schema` declares column types for text formats; columns it does not name are read as
     strings, so a type never depends on guessing from the first rows. `max_age` is how old the
     data may be before its freshness check warns.
+
+    The CSV dialect: `encoding` is a Python codec name, or `auto` to read UTF-8 and fall back
+    to Latin-1 when the bytes are not valid UTF-8 (a UTF-8 byte order mark is dropped either
+    way). `thousands` is the digit-group separator removed from declared numeric columns
+    (`","` reads `2,288` as 2288), `decimal_comma` reads `3,5` as 3.5, and `null_values` are
+    the cells read as missing. `history` keeps only that many dated copies of past downloads
+    for this source, overriding PORTAL_SNAPSHOT_HISTORY.
     """
 
     name: str
@@ -48,8 +55,13 @@ class Source:
     origin: Origin
     description: str = ""
     schema: dict[str, pl.DataType | type[pl.DataType]] = field(default_factory=dict)
-    encoding: str = "utf8"
+    encoding: str = "utf-8"
     separator: str = ","
+    quote_char: str | None = '"'
+    thousands: str = ""
+    decimal_comma: bool = False
+    null_values: Sequence[str] = ("",)
+    history: int | None = None
     max_age: timedelta | None = None
 
     def __post_init__(self) -> None:

@@ -34,6 +34,11 @@ def source_url_variable(source_name: str) -> str:
     return f"PORTAL_{source_name.upper()}_URL"
 
 
+def optional_int(text: str) -> int | None:
+    """Parse an optional whole number: an empty value means no limit."""
+    return int(text) if text.strip() else None
+
+
 @dataclass(frozen=True)
 class Settings:
     data_dir: Path
@@ -44,6 +49,13 @@ class Settings:
     executor: str
     lock_timeout: float
     fetch_timeout: float
+    connect_timeout: float
+    download_deadline: float
+    fetch_retries: int
+    retry_backoff: float
+    retry_max_wait: float
+    host_pause: float
+    snapshot_history: int | None
     user_agent: str
     max_row_drop: float
 
@@ -62,6 +74,13 @@ class Settings:
             executor=env.get("PORTAL_EXECUTOR", "in_process"),
             lock_timeout=float(env.get("PORTAL_LOCK_TIMEOUT", "120")),
             fetch_timeout=float(env.get("PORTAL_FETCH_TIMEOUT", "30")),
+            connect_timeout=float(env.get("PORTAL_CONNECT_TIMEOUT", "10")),
+            download_deadline=float(env.get("PORTAL_DOWNLOAD_DEADLINE", "900")),
+            fetch_retries=int(env.get("PORTAL_FETCH_RETRIES", "4")),
+            retry_backoff=float(env.get("PORTAL_RETRY_BACKOFF", "1")),
+            retry_max_wait=float(env.get("PORTAL_RETRY_MAX_WAIT", "60")),
+            host_pause=float(env.get("PORTAL_HOST_PAUSE", "1")),
+            snapshot_history=optional_int(env.get("PORTAL_SNAPSHOT_HISTORY", "")),
             user_agent=f"barefoot-data-portal/0.1 (+{contact})",
             max_row_drop=float(env.get("PORTAL_MAX_ROW_DROP", "0.5")),
         )
