@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -205,22 +206,38 @@ def cli_environment(tmp_path: Path, portal_variables: dict[str, str]) -> dict[st
     }
 
 
+def run_job_cli(environment: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    """Run `dagster job execute` as `make run` does; on timeout kill it with its step processes."""
+    dagster = Path(sys.executable).parent / "dagster"
+    command = [str(dagster), "job", "execute", "-m", "portal.definitions", "-j", "materialize_all"]
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT_ROOT,
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"dagster job execute timed out after {timeout:.0f} s:\n{output[-6000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, output)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["in_process", "multiprocess"])
 def test_cli_job_execute(tmp_path, prepare_offline_portal, datasets, snapshot_rows, executor):
     portal_variables = prepare_offline_portal(tmp_path / "data")
     portal_variables["PORTAL_EXECUTOR"] = executor
-    dagster = Path(sys.executable).parent / "dagster"
-    completed = subprocess.run(
-        [str(dagster), "job", "execute", "-m", "portal.definitions", "-j", "materialize_all"],
-        cwd=PROJECT_ROOT,
-        env=cli_environment(tmp_path, portal_variables),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # NOTE: the multiprocess executor starts one process per step (about 5 s each on two
+    # cores), so that case takes minutes when the machine is busy.
+    completed = run_job_cli(cli_environment(tmp_path, portal_variables), timeout=900)
 
-    assert completed.returncode == 0, completed.stdout[-4000:] + completed.stderr[-4000:]
+    assert completed.returncode == 0, completed.stdout[-6000:]
     tables = warehouse_tables(portal_variables["PORTAL_WAREHOUSE"])
     assert tables == expected_tables(datasets, snapshot_rows)
     published = {path.name for path in Path(portal_variables["PORTAL_PUBLISH_DIR"]).iterdir()}
