@@ -15,8 +15,17 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 TRUE_WORDS = {"1", "true", "yes", "on"}
 
 
-def load_dotenv(path: Path = PROJECT_ROOT / ".env") -> None:
-    """Copy `KEY=value` lines from `path` into the environment, unless a variable is already set."""
+def load_dotenv(path: Path | None = None) -> None:
+    """Copy `KEY=value` lines from the `.env` file into the environment, unless already set.
+
+    The file is `PORTAL_ENV_FILE` when that variable is set (empty turns the file off, as the
+    tests do), else `.env` at the project root.
+    """
+    if path is None:
+        chosen = os.environ.get("PORTAL_ENV_FILE")
+        if chosen == "":
+            return
+        path = Path(chosen) if chosen else PROJECT_ROOT / ".env"
     if not path.is_file():
         return
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,9 @@ import pytest
 from portal.settings import PROJECT_ROOT, Settings
 
 COMMITTED_SNAPSHOTS = PROJECT_ROOT / "data" / "snapshots"
+
+# A developer's .env (tokens, source URLs) must not reach the tests or the processes they start.
+os.environ["PORTAL_ENV_FILE"] = ""
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,8 @@ dataset = Dataset(
         Column(
             "co2_ppm",
             pl.Float64,
-            "Mean of the year's monthly CO2 readings",
+            "Mean of the year's monthly CO2 readings; a year with fewer than 12 readings "
+            "(see co2_months) is biased by the seasonal cycle",
             unit="ppm",
             min=250,
             max=600,
