@@ -15,13 +15,16 @@ import json
 import dagster as dg
 
 from portal.dataset import Source
-from portal.fetch import Snapshot, fetch
+from portal.fetch import Snapshot, SourceUnavailable, fetch
+from portal.formats import ParseError
 from portal.settings import Settings
 
 DATA_VERSION_TAG = "dagster/data_version"
 
 # Sources by name, and their snapshots by (run id, source name). Several raw steps may look
 # at one source, and the cache lets this process download it once per run.
+# NOTE: with the multiprocess executor each step has its own cache, so a source read by a
+# join may be requested once per raw step of that join (conditional requests keep it cheap).
 SOURCES: dict[str, Source] = {}
 SNAPSHOTS: dict[tuple[str, str], Snapshot] = {}
 
@@ -102,13 +105,16 @@ def is_outdated(instance: dg.DagsterInstance, key: dg.AssetKey, parents: set) ->
 def source_changed(context: dg.AssetExecutionContext, key: dg.AssetKey) -> bool:
     """Fetch another raw asset's source and compare it with that asset's stored data version.
 
-    A raw asset that this process cannot fetch (not registered here) counts as changed, which
-    makes the caller rebuild: the safe side.
+    A source that this process cannot fetch (not registered here, or with neither a download
+    nor a readable snapshot) counts as changed, so the caller yields its table: the safe side.
     """
     source = SOURCES.get(key.path[-1])
     if source is None:
         return True
-    snapshot = fetch_once(context, source)
+    try:
+        snapshot = fetch_once(context, source)
+    except (SourceUnavailable, ParseError):
+        return True  # that source's own step reports the error
     return data_version(snapshot) != stored_version(context.instance, key)
 
 

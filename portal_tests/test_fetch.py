@@ -374,6 +374,17 @@ def test_deadline_stops_trickle(server, settings, seeded, monkeypatch):
     assert folder_state(seeded) == before
 
 
+def test_retry_after_past_deadline(server, settings, seeded, monkeypatch):
+    before = folder_state(seeded)
+    monkeypatch.setenv("PORTAL_DOWNLOAD_DEADLINE", "0.5")
+    monkeypatch.setenv("PORTAL_RETRY_MAX_WAIT", "30")
+    server.plan(PATH, Reply(status=503, headers={"Retry-After": "20"}), Reply(SECOND))
+    started = time.monotonic()
+    expect_error(Settings.from_env(), readings(), server.url(PATH), "deadline")
+    assert time.monotonic() - started < 5
+    assert folder_state(seeded) == before
+
+
 def test_progress_is_logged(server, settings, monkeypatch, caplog):
     monkeypatch.setattr(fetch_module, "PROGRESS_SECONDS", 0.0)
     server.plan(PATH, Reply(FIRST + b"x,1\n" * 50_000))

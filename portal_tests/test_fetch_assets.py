@@ -3,6 +3,7 @@ that rebuild nothing downstream when the upstream file did not change."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -265,3 +266,24 @@ def test_new_origin_record_rebuilds(server, portal_env, monkeypatch):
 
     second = run(portal_env, instance, readings)
     assert materialized(second) == {"raw/readings", "readings"}
+
+
+def test_unavailable_sibling_fails_alone(server, portal_env, monkeypatch):
+    server.plan("/readings.csv", Reply(READINGS, etag='"r1"'))
+    server.plan("/levels.csv", Reply(LEVELS))
+    instance = dg.DagsterInstance.ephemeral()
+    run(portal_env, instance, readings, levels, summary)
+    shutil.rmtree(portal_env / "snapshots" / "levels")
+    monkeypatch.setenv("PORTAL_LEVELS_URL", "http://portal-test-host.invalid/levels.csv")
+
+    warehouse = DuckDBPolarsIOManager(connection=str(portal_env / "warehouse.duckdb"))
+    second = dg.materialize(
+        [raw_asset(readings_source), raw_asset(levels_source)]
+        + [dataset_asset(dataset) for dataset in (readings, levels, summary)],
+        instance=instance,
+        resources={WAREHOUSE: warehouse},
+        raise_on_error=False,
+    )
+    failed = {event.step_key for event in second.all_events if event.is_step_failure}
+    assert failed == {"raw__levels"}
+    assert "raw/readings" in materialized(second)
