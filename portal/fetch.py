@@ -128,6 +128,9 @@ class PoliteRetry(Retry):
                   _stacktrace=None) -> PoliteRetry:  # fmt: skip
         if isinstance(error, NameResolutionError):
             raise MaxRetryError(_pool, url, error) from error
+        if time.monotonic() > self.deadline:
+            cause = f"HTTP {response.status}" if response else describe(error)
+            raise DeadlinePassed(f"no retry after {cause}")
         return super().increment(method, url, response, error, _pool, _stacktrace)
 
     def sleep(self, response=None) -> None:

@@ -385,6 +385,18 @@ def test_retry_after_past_deadline(server, settings, seeded, monkeypatch):
     assert folder_state(seeded) == before
 
 
+def test_deadline_stops_retries(server, settings, seeded, monkeypatch):
+    before = folder_state(seeded)
+    monkeypatch.setenv("PORTAL_DOWNLOAD_DEADLINE", "0.6")
+    monkeypatch.setenv("PORTAL_FETCH_RETRIES", "20")
+    monkeypatch.setenv("PORTAL_FETCH_TIMEOUT", "0.3")
+    server.plan(PATH, Reply(SECOND, delay=1))
+    started = time.monotonic()
+    expect_error(Settings.from_env(), readings(), server.url(PATH), "deadline", "read timeout")
+    assert time.monotonic() - started < 3
+    assert folder_state(seeded) == before
+
+
 def test_progress_is_logged(server, settings, monkeypatch, caplog):
     monkeypatch.setattr(fetch_module, "PROGRESS_SECONDS", 0.0)
     server.plan(PATH, Reply(FIRST + b"x,1\n" * 50_000))
