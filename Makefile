@@ -38,8 +38,8 @@ help: ## List the targets
 
 setup: $(UV) ## Create .venv with the locked dependencies and the Dagster home
 	$(UV) sync --locked --quiet
-	@mkdir -p .dagster
-	@cp dagster.yaml .dagster/dagster.yaml
+	@mkdir -p $(DAGSTER_HOME)
+	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
 run: setup ## Download every source, rebuild every table, publish every dataset (JOB=...)
 	$(VENV)/dagster job execute -m portal.definitions -j $(JOB)

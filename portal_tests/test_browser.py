@@ -7,6 +7,7 @@ lineage test saves the screenshot that the README shows, docs/lineage.png.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -79,7 +80,9 @@ def wait_until_served(base_url: str, server: subprocess.Popen, log: Path) -> Non
     query = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"dagster dev exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"{server.args} exited with {server.returncode}:\n{log.read_text()[-3000:]}"
+            )
         try:
             entries = graphql(base_url, query)["workspaceOrError"]["locationEntries"]
             if entries and all(entry["loadStatus"] == "LOADED" for entry in entries):
@@ -87,7 +90,55 @@ def wait_until_served(base_url: str, server: subprocess.Popen, log: Path) -> Non
         except (urllib.error.URLError, ConnectionError, KeyError, TypeError):
             pass
         time.sleep(1)
-    pytest.fail(f"dagster dev did not serve {base_url} within {STARTUP_TIMEOUT:.0f} s")
+    pytest.fail(f"{server.args} did not serve {base_url} within {STARTUP_TIMEOUT:.0f} s")
+
+
+def portal_environment(folder: Path, portal_variables: dict[str, str]) -> dict[str, str]:
+    """Return the environment of a UI whose Dagster home is `folder/dagster_home`."""
+    home = folder / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("PORTAL_", "HF_", "DAGSTER_"))
+    }
+    return (
+        env
+        | portal_variables
+        | {
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_DISABLE_TELEMETRY": "1",
+            "DAGSTER_DG_UPDATE_CHECK_ENABLED": "0",
+            # Set but empty, so that an HF_TOKEN in the developer's .env cannot start a push.
+            "HF_TOKEN": "",
+        }
+    )
+
+
+@contextlib.contextmanager
+def serving(command: list[str], env: dict[str, str], base_url: str, log: Path) -> Iterator[None]:
+    """Run a UI command in its own process group until the block ends."""
+    with log.open("w") as stream:
+        server = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        wait_until_served(base_url, server, log)
+        yield
+    finally:
+        # The UI runs the webserver, the daemon and a code server as child processes.
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -97,48 +148,31 @@ def dagster_ui(
 ) -> Iterator[tuple[str, Path]]:
     """Start `dagster dev` on a free port; return its base URL and the portal's data folder."""
     folder = tmp_path_factory.mktemp("ui")
-    home = folder / "dagster_home"
-    home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
     data_dir = folder / "data"
-
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if not name.startswith(("PORTAL_", "HF_", "DAGSTER_"))
-    }
-    env |= prepare_offline_portal(data_dir)
-    env |= {
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_DISABLE_TELEMETRY": "1",
-        "DAGSTER_DG_UPDATE_CHECK_ENABLED": "0",
-        # Set but empty, so that an HF_TOKEN in the developer's .env cannot start a push.
-        "HF_TOKEN": "",
-    }
+    env = portal_environment(folder, prepare_offline_portal(data_dir))
     port = free_port()
     base_url = f"http://127.0.0.1:{port}"
-    log = folder / "dagster-dev.log"
-    command = [PROJECT_ROOT / ".venv" / "bin" / "dagster", "dev", "-w", "workspace.yaml"]
-    with log.open("w") as stream:
-        server = subprocess.Popen(
-            [*command, "-h", "127.0.0.1", "-p", str(port)],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=stream,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_until_served(base_url, server, log)
+    command = [str(PROJECT_ROOT / ".venv" / "bin" / "dagster"), "dev", "-w", "workspace.yaml"]
+    command += ["-h", "127.0.0.1", "-p", str(port)]
+    with serving(command, env, base_url, folder / "dagster-dev.log"):
         yield base_url, data_dir
-    finally:
-        # dagster dev runs the webserver, the daemon and a code server as child processes.
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
+
+
+@pytest.fixture(scope="module")
+def readonly_ui(
+    tmp_path_factory: pytest.TempPathFactory,
+    prepare_offline_portal: Callable[[Path], dict[str, str]],
+) -> Iterator[str]:
+    """Start `make ui-readonly` on a free port and return its base URL."""
+    folder = tmp_path_factory.mktemp("readonly_ui")
+    env = portal_environment(folder, prepare_offline_portal(folder / "data"))
+    env["UV_OFFLINE"] = "1"
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    command = ["make", "--no-print-directory", "ui-readonly", "HOST=127.0.0.1", f"PORT={port}"]
+    command.append(f"DAGSTER_HOME={env['DAGSTER_HOME']}")
+    with serving(command, env, base_url, folder / "ui-readonly.log"):
+        yield base_url
 
 
 @pytest.fixture(scope="module")
@@ -265,3 +299,14 @@ def test_lineage_every_asset(dagster_ui, page, asset_graph):
         assert shown[name] >= count, f"{name}: {shown[name]} of {count} nodes shown"
     for group in expected_groups:
         assert shown[group] >= 1, f"group {group} is not shown"
+
+
+def test_readonly_ui_cannot_launch(readonly_ui, page):
+    permissions = graphql(readonly_ui, "{ permissions { permission value } }")["permissions"]
+    allowed = {entry["permission"]: entry["value"] for entry in permissions}
+    page.goto(f"{readonly_ui}/asset-groups")
+    button = page.get_by_role("button", name="Materialize all").first
+    button.wait_for()
+    assert allowed["launch_pipeline_execution"] is False
+    assert allowed["edit_sensor"] is False
+    assert button.is_disabled()
