@@ -21,13 +21,27 @@ BIN = Path(sys.executable).parent
 VARIANTS = {
     "plain script (Polars + DuckDB)": ([str(BIN / "python"), "benchmarks/plain_script.py"], {}),
     "make run: dagster job execute, in_process": (
-        [str(BIN / "dagster"), "job", "execute", "-m", "portal.definitions", "-j",
-         "materialize_all"],
+        [
+            str(BIN / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "portal.definitions",
+            "-j",
+            "materialize_all",
+        ],
         {"PORTAL_EXECUTOR": "in_process"},
     ),
     "dagster job execute, multiprocess": (
-        [str(BIN / "dagster"), "job", "execute", "-m", "portal.definitions", "-j",
-         "materialize_all"],
+        [
+            str(BIN / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "portal.definitions",
+            "-j",
+            "materialize_all",
+        ],
         {"PORTAL_EXECUTOR": "multiprocess"},
     ),
 }
@@ -66,8 +80,10 @@ def main() -> None:
     for name, (command, extra_env) in VARIANTS.items():
         times = [run_once(command, extra_env) for _ in range(repeat)]
         medians[name] = statistics.median(times)
-        print(f"{name:45s} median {medians[name]:6.2f} s  "
-              f"(runs: {', '.join(f'{t:.2f}' for t in times)})")
+        print(
+            f"{name:45s} median {medians[name]:6.2f} s  "
+            f"(runs: {', '.join(f'{t:.2f}' for t in times)})"
+        )
 
     baseline = medians["plain script (Polars + DuckDB)"]
     print(f"\nratios to the plain script ({os.cpu_count()} CPUs):")

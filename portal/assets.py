@@ -245,9 +245,7 @@ def publish_asset(dataset: Dataset, lookup: dict[str, Dataset]) -> dg.AssetsDefi
             context.log,
         )
         context.log.info(f"dataset {dataset.name}: {describe_publication(publication)}")
-        return dg.MaterializeResult(
-            metadata=publication_metadata(publication, table.height)
-        )
+        return dg.MaterializeResult(metadata=publication_metadata(publication, table.height))
 
     return publish
 

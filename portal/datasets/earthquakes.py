@@ -11,6 +11,8 @@ source = Source(
     url="https://earthquake.usgs.gov/earthquakes/feed/v1.0/summary/all_week.geojson",
     format="geojson",
     max_age=timedelta(days=1),
+    # The feed changes every minute; the current file's git history keeps the rest.
+    history=24,
     description="USGS feed of every earthquake of the past seven days, updated every minute.",
     origin=Origin(
         producer="U.S. Geological Survey, Earthquake Hazards Program",
