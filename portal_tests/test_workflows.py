@@ -357,3 +357,10 @@ def test_materialize_steps_in_clone(tmp_path: Path, source_server):
     assert again.returncode == 0, again.stderr
     assert "nothing to commit" in again.stdout
     assert git(remote, "log", "-1", "--format=%s", branch) == subject
+
+
+def test_make_help_lists_targets(tmp_path: Path):
+    completed = run_make(tmp_path, "help")
+    listed = set(re.findall(r"^  make (\S+)", completed.stdout, re.M))
+    assert completed.returncode == 0, completed.stderr
+    assert listed == make_targets()
