@@ -54,7 +54,7 @@ test: setup ## Run the test suite (no network needed)
 	$(VENV)/pytest -m "not slow"
 
 test-slow: setup ## Run the slow tests: whole-graph runs in subprocesses
-	$(VENV)/pytest -m slow
+	$(VENV)/pytest -m "slow and not browser"
 
 # pytest exits with 5 when the browser tests were skipped at collection (no Chromium), which
 # is not a failure: the skip reason above says what to install.

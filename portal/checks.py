@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import dagster as dg
-import pandera.polars as pa
 import polars as pl
 
 from portal.dataset import Column, Dataset, Source
@@ -34,38 +33,21 @@ class RulesFailed(ValueError):
     """A dataset broke one or more of its declared rules; its table was not stored."""
 
 
-def column_checks(column: Column) -> list[tuple[str, str, pa.Check]]:
-    """Return (check name, description, pandera check) for a column's value rules, in order."""
+def column_checks(column: Column) -> list[tuple[str, str, str, tuple]]:
+    """Return a column's value rules in order, as (check name, description, pandera check
+    method, its arguments), e.g. `("value_range", "...", "in_range", (0, 10))`."""
+    name = column.name
     checks = []
     if column.allowed is not None:
         allowed = list(column.allowed)
-        checks.append(
-            (f"{column.name}_allowed", f"{column.name} is one of {allowed}", pa.Check.isin(allowed))
-        )
+        checks.append((f"{name}_allowed", f"{name} is one of {allowed}", "isin", (allowed,)))
     if column.min is not None and column.max is not None:
-        checks.append(
-            (
-                f"{column.name}_range",
-                f"{column.name} is between {column.min} and {column.max}",
-                pa.Check.in_range(column.min, column.max),
-            )
-        )
+        description = f"{name} is between {column.min} and {column.max}"
+        checks.append((f"{name}_range", description, "in_range", (column.min, column.max)))
     elif column.min is not None:
-        checks.append(
-            (
-                f"{column.name}_range",
-                f"{column.name} is at least {column.min}",
-                pa.Check.ge(column.min),
-            )
-        )
+        checks.append((f"{name}_range", f"{name} is at least {column.min}", "ge", (column.min,)))
     elif column.max is not None:
-        checks.append(
-            (
-                f"{column.name}_range",
-                f"{column.name} is at most {column.max}",
-                pa.Check.le(column.max),
-            )
-        )
+        checks.append((f"{name}_range", f"{name} is at most {column.max}", "le", (column.max,)))
     return checks
 
 
@@ -79,18 +61,27 @@ def dataset_rules(dataset: Dataset) -> list[Rule]:
             )
         if column.unique:
             rules.append(Rule(f"{column.name}_unique", column.name, f"{column.name} is unique"))
-        for name, description, _ in column_checks(column):
+        for name, description, _, _ in column_checks(column):
             rules.append(Rule(name, column.name, description))
     if len(dataset.key) > 1:
         rules.append(Rule("primary_key", None, f"({', '.join(dataset.key)}) is unique"))
     return rules
 
 
-def pandera_schema(dataset: Dataset) -> pa.DataFrameSchema:
+def pandera_schema(dataset: Dataset):
+    """Build the pandera schema of a dataset's rules."""
+    # Imported here because pandera takes about a second to import (python -X importtime),
+    # which every step process of the multiprocess executor would pay, also those that check
+    # nothing.
+    import pandera.polars as pa
+
     columns = {
         column.name: pa.Column(
             dataset.schema[column.name],
-            checks=[check for _, _, check in column_checks(column)],
+            checks=[
+                getattr(pa.Check, method)(*arguments)
+                for _, _, method, arguments in column_checks(column)
+            ],
             nullable=column.nullable,
             unique=column.unique,
         )
@@ -114,9 +105,11 @@ def rule_of_failure(dataset: Dataset, column: str, check: str, number: int | Non
 
 def evaluate(dataset: Dataset, frame: pl.DataFrame) -> dict[str, pl.DataFrame]:
     """Return the failure cases of each broken rule (empty when the frame follows every rule)."""
+    import pandera.errors
+
     try:
         pandera_schema(dataset).validate(frame, lazy=True)
-    except pa.errors.SchemaErrors as errors:
+    except pandera.errors.SchemaErrors as errors:
         cases = errors.failure_cases
     else:
         return {}

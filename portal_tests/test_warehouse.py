@@ -492,7 +492,8 @@ def test_lock_past_timeout_names_holder(path):
 
     assert str(path) in str(raised.value)
     assert f"PID {holder.pid}" in str(raised.value)
-    assert 0.4 < waited < 5
+    # It gave up while the holder still held the lock (30 s), after waiting the timeout.
+    assert 0.4 < waited < 25
 
 
 def test_lock_within_timeout_waits(manager, path):
