@@ -14,7 +14,8 @@ from portal.changes import data_version, fetch_once, rebuild_reason, register
 from portal.checks import (
     RulesFailed,
     check_specs,
-    freshness_check,
+    freshness_result,
+    freshness_spec,
     row_count_result,
     rule_results,
 )
@@ -105,13 +106,14 @@ def raw_asset(source: Source) -> dg.AssetsDefinition:
         io_manager_key=WAREHOUSE,
         kinds={"duckdb", source.format},
         output_required=False,
+        check_specs=[freshness_spec(source)] if source.max_age else None,
         metadata={
             "url": dg.MetadataValue.url(source.url),
             "format": source.format,
             "table_comment": f"Raw {source.format} of {source.url}, values as published.",
         },
     )
-    def download(context: dg.AssetExecutionContext) -> Iterator[dg.Output[pl.DataFrame]]:
+    def download(context: dg.AssetExecutionContext) -> Iterator[dg.Output | dg.AssetCheckResult]:
         snapshot = fetch_once(context, source)
         retrieved = snapshot.origin.get("retrieved", "at an unknown time")
         if snapshot.used == "snapshot":
@@ -142,12 +144,14 @@ def raw_asset(source: Source) -> dg.AssetsDefinition:
                     asset_key=context.asset_key, metadata={**metadata, "unchanged": True}
                 )
             )
-            return
-        yield dg.Output(
-            snapshot.frame,
-            metadata={**metadata, "unchanged": False, "rebuilt_because": reason},
-            data_version=dg.DataVersion(version),
-        )
+        else:
+            yield dg.Output(
+                snapshot.frame,
+                metadata={**metadata, "unchanged": False, "rebuilt_because": reason},
+                data_version=dg.DataVersion(version),
+            )
+        if source.max_age:
+            yield freshness_result(source, snapshot.origin)
 
     return download
 
@@ -252,8 +256,8 @@ def publish_asset(dataset: Dataset, lookup: dict[str, Dataset]) -> dg.AssetsDefi
 
 def build_assets(
     datasets: list[Dataset],
-) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
-    """Return every asset and check: one raw asset per distinct source, then the datasets."""
+) -> list[dg.AssetsDefinition]:
+    """Return every asset: one raw asset per distinct source, then the datasets and releases."""
     lookup = {dataset.name: dataset for dataset in datasets}
     sources: dict[str, Source] = {}
     for dataset in datasets:
@@ -262,7 +266,6 @@ def build_assets(
                 raise ValueError(f"two different sources are both named {source.name!r}")
 
     assets = [raw_asset(source) for source in sources.values()]
-    assets += [freshness_check(source) for source in sources.values() if source.max_age]
     assets += [dataset_asset(dataset) for dataset in datasets]
     assets += [publish_asset(dataset, lookup) for dataset in datasets if dataset.publish]
     return assets

@@ -4,7 +4,7 @@ Each declared constraint (not null, unique, allowed values, range, and the datas
 becomes one blocking asset check. The rules run inside the dataset's step before its table is
 stored, with pandera's Polars backend: when one fails, the step stops, so neither the
 warehouse table nor the published release is replaced. Raw sources also get a freshness
-check that warns when the data used is older than the source's declared `max_age`.
+check that warns when their data is older than the source's declared `max_age`.
 """
 
 from dataclasses import dataclass
@@ -14,8 +14,6 @@ import dagster as dg
 import polars as pl
 
 from portal.dataset import Column, Dataset, Source
-from portal.fetch import read_origin, snapshot_folder
-from portal.settings import Settings
 
 SAMPLE_SIZE = 5
 
@@ -213,38 +211,43 @@ def row_count_result(
     ), message
 
 
-def freshness_check(source: Source) -> dg.AssetChecksDefinition:
-    """Warn when the data a raw asset used is older than the source's declared max_age."""
-
-    @dg.asset_check(
+def freshness_spec(source: Source) -> dg.AssetCheckSpec:
+    return dg.AssetCheckSpec(
+        "freshness",
         asset=dg.AssetKey(["raw", source.name]),
-        name="freshness",
-        description=f"The data was retrieved less than {source.max_age} ago.",
+        description=f"The source's data is less than {source.max_age} old (its max_age).",
     )
-    def freshness() -> dg.AssetCheckResult:
-        origin = read_origin(snapshot_folder(Settings.from_env(), source))
-        # A snapshot captured by someone else records when its data was produced in
-        # `data_as_of`, which is older than when the portal retrieved the copy.
-        as_of = origin.get("data_as_of") or origin.get("retrieved")
-        if not as_of:
-            return dg.AssetCheckResult(
-                passed=False,
-                severity=dg.AssetCheckSeverity.WARN,
-                description=f"source {source.name} has no retrieval time in its origin.json",
-            )
-        age = datetime.now(UTC) - datetime.fromisoformat(as_of)
-        passed = age <= source.max_age
-        return dg.AssetCheckResult(
-            passed=passed,
-            severity=dg.AssetCheckSeverity.WARN,
-            description=None
-            if passed
-            else (
-                f"source {source.name}: its data is from {as_of}, {age.days} days old, more "
-                f"than its declared max_age of {source.max_age}. The live URL may be failing "
-                "or the run was offline."
-            ),
-            metadata={"data_as_of": as_of, "age_hours": round(age.total_seconds() / 3600, 1)},
-        )
 
-    return freshness
+
+def freshness_result(source: Source, origin: dict) -> dg.AssetCheckResult:
+    """Warn when the data of a source's snapshot is older than the source's max_age.
+
+    The raw step emits this after every download, also when the data was unchanged, because
+    that is when data grows stale.
+    """
+    # A snapshot captured by someone else records when its data was produced in
+    # `data_as_of`, which is older than when the portal retrieved the copy.
+    as_of = origin.get("data_as_of") or origin.get("retrieved")
+    if not as_of:
+        return dg.AssetCheckResult(
+            check_name="freshness",
+            passed=False,
+            severity=dg.AssetCheckSeverity.WARN,
+            description=f"source {source.name} has no retrieval time in its origin.json",
+        )
+    age = datetime.now(UTC) - datetime.fromisoformat(as_of)
+    passed = age <= source.max_age
+    description = None
+    if not passed:
+        description = (
+            f"source {source.name}: its data is from {as_of}, {age.days} days old, more "
+            f"than its declared max_age of {source.max_age}. The live URL may be failing, the "
+            "run was offline, or the producer has stopped updating it."
+        )
+    return dg.AssetCheckResult(
+        check_name="freshness",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.WARN,
+        description=description,
+        metadata={"data_as_of": as_of, "age_hours": round(age.total_seconds() / 3600, 1)},
+    )

@@ -97,8 +97,9 @@ def open_waiting(connection: str, lock_timeout: float) -> duckdb.DuckDBPyConnect
         except duckdb.IOException as error:
             if LOCK_MESSAGE not in str(error):
                 raise
-            pause = min(0.05 * 2**attempt, 0.2)
-            if time.monotonic() + pause > deadline:
+            remaining = deadline - time.monotonic()
+            pause = min(0.05 * 2**attempt, 0.2, max(remaining, 0))
+            if remaining <= 0:
                 raise WarehouseLocked(
                     f"warehouse {connection} is still locked after {lock_timeout:g} s by "
                     f"{lock_holder(error)}. Stop that process or raise PORTAL_LOCK_TIMEOUT."

@@ -211,3 +211,20 @@ def test_freshness_warns_on_old_data(offline_portal: Settings):
     assert "2018-02-07" in earthquakes.description
     assert weather.passed is True
     assert result.success
+
+
+def test_freshness_checked_when_unchanged(offline_portal: Settings):
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_everything(instance).success
+
+    second = run_everything(instance)
+
+    materialized = {event.asset_key for event in second.get_asset_materialization_events()}
+    evaluations = {
+        evaluation.asset_key: evaluation
+        for evaluation in second.get_asset_check_evaluations()
+        if evaluation.check_name == "freshness"
+    }
+    assert dg.AssetKey(["raw", "earthquakes"]) not in materialized
+    assert evaluations[dg.AssetKey(["raw", "earthquakes"])].passed is False
+    assert evaluations[dg.AssetKey(["raw", "weather"])].passed is True
