@@ -7,6 +7,7 @@ derives the Dagster assets, the warehouse tables and the published files from it
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -138,6 +139,19 @@ class Dataset:
     publish: bool = True
     tags: Sequence[str] = ()
     accumulate: Accumulate | None = None
+
+    def __post_init__(self) -> None:
+        parameters = inspect.signature(self.build).parameters.values()
+        if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+            return
+        names = [parameter.name for parameter in parameters]
+        if sorted(names) != sorted(self.input_names):
+            raise TypeError(
+                f"dataset {self.name!r}: build() takes the parameters {names}, but its inputs "
+                f"are named {self.input_names}. Name each parameter after one input, a "
+                "source's name or another dataset's name, because build() is called with "
+                "one DataFrame per input under that name."
+            )
 
     @property
     def sources(self) -> list[Source]:

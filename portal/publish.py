@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -376,6 +377,12 @@ def swap_in(publish_dir: Path, name: str, staging: Path) -> bool:
     return True
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def publish_release(
     dataset: Dataset,
     frame: pl.DataFrame,
@@ -392,6 +399,9 @@ def publish_release(
     """
     publish_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=publish_dir, prefix=f".{dataset.name}.new-"))
+    # mkdtemp creates the folder readable by its owner only, and the release is this folder
+    # renamed, so give it the permissions of any new folder for a web server or other users.
+    staging.chmod(0o777 & ~current_umask())
     rendered: dict[str, Any] = {}
 
     def render(previous: PreviousRelease) -> dict[str, Path]:

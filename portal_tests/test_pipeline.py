@@ -142,6 +142,15 @@ def test_release_files(portal_run, datasets, name):
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
+def test_release_folder_readable(portal_run, name):
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = (portal_run.settings.publish_dir / name).stat().st_mode & 0o777
+
+    assert mode == 0o777 & ~umask
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
 def test_release_parquet_is_zstd(portal_run, name):
     metadata = pq.ParquetFile(portal_run.settings.publish_dir / name / f"{name}.parquet").metadata
     codecs = {
