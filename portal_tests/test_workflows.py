@@ -181,6 +181,21 @@ def test_materialize_uploads_artifacts():
     assert step["if"] == "${{ !cancelled() }}"
 
 
+def test_materialize_keeps_state_between_runs():
+    workflow = load_workflow("materialize.yml")
+    restore = action_step(workflow, "actions/cache/restore")
+    save = action_step(workflow, "actions/cache/save")
+    names = [step.get("uses", step.get("name")) for step in steps_of(workflow)]
+    state = ["data/warehouse.duckdb", "data/publish/", ".dagster/"]
+
+    assert restore["with"]["path"].split() == state
+    assert save["with"]["path"].split() == state
+    assert restore["with"]["restore-keys"] == "portal-state-"
+    assert save["with"]["key"] == restore["with"]["key"]
+    assert names.index(restore["uses"]) < names.index("Materialize") < names.index(save["uses"])
+    assert save["if"] == "${{ !cancelled() }}"
+
+
 @pytest.mark.parametrize(
     ("token", "expected"), [("", "HF_TOKEN is not set"), ("hf_example", "HF_TOKEN is set")]
 )
