@@ -75,6 +75,7 @@ class SourceRecord:
     licence_url: str
     retrieved: str
     sha256: str
+    data_as_of: str = ""
 
 
 class PreviousRelease(Protocol):
@@ -194,7 +195,8 @@ def render_card(
     )
     source_lines = "\n".join(
         f"- **{source.name}**: {source.producer}, <{source.url}>, licence "
-        f"[{source.licence_name}]({source.licence_url}), retrieved {source.retrieved} "
+        f"[{source.licence_name}]({source.licence_url}), retrieved {source.retrieved}"
+        f"{f', data as of {source.data_as_of}' if source.data_as_of else ''} "
         f"(sha256 `{source.sha256[:12]}`)"
         for source in sources
     )
@@ -454,6 +456,7 @@ def read_source_records(
             licence_url=origin.get("licence_url") or source.origin.licence_url,
             retrieved=origin.get("retrieved", "unknown"),
             sha256=origin.get("sha256", ""),
+            data_as_of=origin.get("data_as_of", ""),
         )
     for name in dataset.upstream_datasets:
         for record in read_source_records(snapshot_dir, lookup[name], lookup):

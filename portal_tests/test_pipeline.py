@@ -182,6 +182,13 @@ def test_release_card(portal_run, datasets, name):
     assert f"{name}.parquet" in card.text
 
 
+def test_card_shows_data_age(portal_run):
+    card = DatasetCard.load(portal_run.settings.publish_dir / "earthquakes" / "README.md")
+
+    # The committed earthquake snapshot is a 2018 capture retrieved much later.
+    assert "data as of 2018-02-07T01:49:14+00:00" in card.text
+
+
 def test_defs_load():
     import portal.definitions
 
