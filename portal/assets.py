@@ -151,7 +151,10 @@ def raw_asset(source: Source) -> dg.AssetsDefinition:
                 data_version=dg.DataVersion(version),
             )
         if source.max_age:
-            yield freshness_result(source, snapshot.origin)
+            freshness = freshness_result(source, snapshot.origin)
+            if not freshness.passed:
+                context.log.warning(freshness.description)
+            yield freshness
 
     return download
 

@@ -8,7 +8,7 @@ check that warns when their data is older than the source's declared `max_age`.
 """
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -211,11 +211,24 @@ def row_count_result(
     ), message
 
 
+def describe_duration(duration: timedelta) -> str:
+    """Write a duration in words, e.g. `1 day`, `366 days` or `2.5 hours`."""
+    hours = duration.total_seconds() / 3600
+    if hours >= 24:
+        days = hours / 24
+        if days == 1:
+            return "1 day"
+        return f"{days:.0f} days" if days >= 10 else f"{days:.2g} days"
+    if hours >= 1:
+        return f"{hours:g} hour" if hours == 1 else f"{hours:.3g} hours"
+    return f"{duration.total_seconds() / 60:.3g} minutes"
+
+
 def freshness_spec(source: Source) -> dg.AssetCheckSpec:
     return dg.AssetCheckSpec(
         "freshness",
         asset=dg.AssetKey(["raw", source.name]),
-        description=f"The source's data is less than {source.max_age} old (its max_age).",
+        description=f"The data is less than {describe_duration(source.max_age)} old (max_age).",
     )
 
 
@@ -240,8 +253,9 @@ def freshness_result(source: Source, origin: dict) -> dg.AssetCheckResult:
     description = None
     if not passed:
         description = (
-            f"source {source.name}: its data is from {as_of}, {age.days} days old, more "
-            f"than its declared max_age of {source.max_age}. The live URL may be failing, the "
+            f"source {source.name}: its data is from {as_of}, {describe_duration(age)} old, more "
+            f"than its declared max_age of {describe_duration(source.max_age)}. The live URL may "
+            "be failing, the "
             "run was offline, or the producer has stopped updating it."
         )
     return dg.AssetCheckResult(
