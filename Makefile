@@ -44,7 +44,7 @@ setup: $(UV) ## Create .venv with the locked dependencies and the Dagster home
 run: setup ## Download every source, rebuild every table, publish every dataset (JOB=...)
 	$(VENV)/dagster job execute -m portal.definitions -j $(JOB)
 
-dev: setup ## Serve the Dagster UI (lineage, runs, checks) on http://$(HOST):$(PORT)
+dev: setup ## Serve the Dagster UI and daemon on http://127.0.0.1:3000 (HOST=, PORT= change it)
 	$(VENV)/dagster dev -w workspace.yaml -h $(HOST) -p $(PORT)
 
 ui-readonly: setup ## Serve the UI read-only: lineage and history, no launching or toggling
@@ -53,7 +53,7 @@ ui-readonly: setup ## Serve the UI read-only: lineage and history, no launching 
 test: setup ## Run the test suite (no network needed)
 	$(VENV)/pytest -m "not slow"
 
-test-slow: setup ## Run the slow tests: whole-graph runs in subprocesses
+test-slow: setup ## Run the slow tests: whole-graph runs in subprocesses, the UI's GraphQL
 	$(VENV)/pytest -m "slow and not browser"
 
 # pytest exits with 5 when the browser tests were skipped at collection (no Chromium), which
