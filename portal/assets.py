@@ -130,7 +130,7 @@ def raw_asset(source: Source) -> dg.AssetsDefinition:
             "snapshot": dg.MetadataValue.path(str(snapshot.path)),
             "retrieved": snapshot.origin.get("retrieved", "unknown"),
             "sha256": snapshot.sha256,
-            "dagster/row_count": snapshot.frame.height,
+            **table_metadata(snapshot.frame),
         }
 
         reason = rebuild_reason(context, version)

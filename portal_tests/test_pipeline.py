@@ -109,6 +109,25 @@ def test_run_materializes_every_asset(portal_run):
     assert materialized == set(portal_run.defs.resolve_all_asset_keys())
 
 
+def test_tables_describe_themselves(portal_run):
+    tables = [
+        event.materialization
+        for event in portal_run.result.get_asset_materialization_events()
+        if event.asset_key.path[0] != "publish"
+    ]
+    table_keys = {
+        key for key in portal_run.defs.resolve_all_asset_keys() if key.path[0] != "publish"
+    }
+    assert {materialization.asset_key for materialization in tables} == table_keys
+    for materialization in tables:
+        metadata = materialization.metadata
+        key = materialization.asset_key.to_user_string()
+        assert metadata["dagster/row_count"].value > 0, key
+        assert metadata["columns"].value > 0, key
+        assert "|" in metadata["preview"].value, key
+        assert "| column | nulls |" in metadata["null_counts"].value, key
+
+
 def test_run_error_checks_pass(portal_run):
     evaluations = portal_run.result.get_asset_check_evaluations()
     # Warnings are allowed: a freshness check warns about an old committed snapshot.
