@@ -117,7 +117,9 @@ def raw_asset(source: Source) -> dg.AssetsDefinition:
         snapshot = fetch_once(context, source)
         retrieved = snapshot.origin.get("retrieved", "at an unknown time")
         if snapshot.used == "snapshot":
-            context.log.warning(f"{snapshot.reason}. Using the snapshot retrieved {retrieved}.")
+            context.log.log(
+                snapshot.log_level, f"{snapshot.reason}. Using the snapshot retrieved {retrieved}."
+            )
         else:
             context.log.info(
                 f"source {source.name}: {snapshot.reason}, {snapshot.origin.get('url')} "

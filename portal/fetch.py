@@ -35,7 +35,7 @@ from urllib3.exceptions import MaxRetryError, NameResolutionError, ResponseError
 from urllib3.util.retry import Retry
 
 from portal.dataset import Source
-from portal.formats import SNIFF_BYTES, ParseError, parse_file, sniff
+from portal.formats import SNIFF_BYTES, ColumnsMissing, ParseError, parse_file, sniff
 from portal.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,14 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 
 
 class FetchError(RuntimeError):
-    """A download failed or its body is not the file the source declares."""
+    """A download failed or its body is not the file the source declares.
 
-    def __init__(self, source: Source, url: str, detail: str) -> None:
-        super().__init__(f"source {source.name!r}: download of {url} failed: {detail}")
+    `downloaded` tells that the body arrived whole and only its contents are wrong.
+    """
+
+    def __init__(self, source: Source, url: str, detail: str, *, downloaded: bool = False) -> None:
+        what = f"{url} was downloaded, but" if downloaded else f"download of {url} failed:"
+        super().__init__(f"source {source.name!r}: {what} {detail}")
         self.detail = detail
 
 
@@ -64,6 +68,7 @@ class Snapshot:
     `used` is "live" when this run reached the URL and "snapshot" when it fell back on the
     stored copy. `changed` is True only when this run stored a new version. `sha256` is the
     digest of the file itself, which differs from the origin record's if someone edited it.
+    `offline` is True when offline mode chose the stored copy, so no download was tried.
     """
 
     path: Path
@@ -73,6 +78,12 @@ class Snapshot:
     reason: str
     sha256: str
     changed: bool = False
+    offline: bool = False
+
+    @property
+    def log_level(self) -> int:
+        """WARNING when a failed download left the stored copy in use, else INFO."""
+        return logging.WARNING if self.used == "snapshot" and not self.offline else logging.INFO
 
 
 @dataclass(frozen=True)
@@ -411,6 +422,8 @@ def fetch_live(source: Source, settings: Settings) -> Snapshot:
             return Snapshot(current, origin, frame, "live", reason, origin["sha256"])
         try:
             frame = parse_file(source, partial)
+        except ColumnsMissing as error:
+            raise FetchError(source, url, error.detail, downloaded=True) from error
         except ParseError as error:
             raise FetchError(source, url, str(error).replace(str(partial), "the body")) from error
         digest = sha256_of(partial)
@@ -460,13 +473,22 @@ def keep_history(source: Source, settings: Settings, folder: Path, origin: dict)
 def read_snapshot(source: Source, settings: Settings, reason: str) -> Snapshot:
     folder = snapshot_folder(settings, source)
     path = folder / source.snapshot_name
+    url = settings.source_url(source.name, source.url)
     if not path.is_file():
+        if settings.offline:
+            advice = (
+                f"Run once without PORTAL_OFFLINE=1, with network access, to download {url} "
+                "there, or commit a snapshot there."
+            )
+        else:
+            advice = f"Check the URL ({url}) or commit a snapshot there."
         raise SourceUnavailable(
-            f"{reason}; there is no snapshot at {path} to fall back on. Check the URL "
-            f"({settings.source_url(source.name, source.url)}) or commit a snapshot there."
+            f"{reason}; there is no snapshot at {path} to fall back on. {advice}"
         )
     frame = parse_file(source, path)
-    return Snapshot(path, read_origin(folder), frame, "snapshot", reason, sha256_of(path))
+    origin = read_origin(folder)
+    offline = settings.offline
+    return Snapshot(path, origin, frame, "snapshot", reason, sha256_of(path), offline=offline)
 
 
 def fetch(source: Source, settings: Settings) -> Snapshot:

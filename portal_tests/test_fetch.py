@@ -13,7 +13,7 @@ import pytest
 
 from portal import fetch as fetch_module
 from portal.dataset import Origin, Source
-from portal.fetch import FetchError, fetch, fetch_live, sha256_of
+from portal.fetch import FetchError, SourceUnavailable, fetch, fetch_live, sha256_of
 from portal.formats import ParseError, parse_file
 from portal.settings import Settings
 from portal_tests.flaky_server import FlakyServer, Reply
@@ -306,6 +306,63 @@ def test_extra_field_names_line(server, settings, seeded):
     assert folder_state(seeded) == before
 
 
+def test_cut_last_line_keeps_snapshot(server, settings, seeded):
+    before = folder_state(seeded)
+    server.plan(PATH, Reply(SECOND[:-7]))  # the body ends in "beta,2\ng"
+    error = expect_error(settings, readings(), server.url(PATH), "line 4", "1 fields")
+    assert "cut short" in str(error)
+    assert folder_state(seeded) == before
+
+
+def test_short_line_names_line(tmp_path):
+    path = tmp_path / "readings.csv"
+    path.write_bytes(b"station,reading\nalpha,1\nbeta\ngamma,3\n")
+    with pytest.raises(ParseError) as caught:
+        parse_file(readings(), path)
+    message = str(caught.value)
+    assert str(path) in message
+    assert "'readings'" in message
+    assert "line 3 has 1 fields" in message
+
+
+def test_open_quote_at_end_names_line(tmp_path):
+    path = tmp_path / "readings.csv"
+    path.write_bytes(b'station,reading\nalpha,1\nbeta,"2')
+    with pytest.raises(ParseError) as caught:
+        parse_file(readings(), path)
+    assert str(path) in str(caught.value)
+    assert "line 3" in str(caught.value)
+
+
+def test_blank_lines_add_no_rows(tmp_path):
+    path = tmp_path / "readings.csv"
+    path.write_bytes(b"station,reading\r\nalpha,1\r\n\r\nbeta,2\r\n\r\n")
+    frame = parse_file(readings(), path)
+    assert frame["station"].to_list() == ["alpha", "beta"]
+    assert frame["reading"].to_list() == [1, 2]
+
+
+def test_quoted_newline_stays_one_field(tmp_path):
+    path = tmp_path / "readings.csv"
+    path.write_bytes(b'station,reading\n"alpha\nnorth",1\n"beta\n\nsouth",\n')
+    frame = parse_file(readings(), path)
+    assert frame["station"].to_list() == ["alpha\nnorth", "beta\n\nsouth"]
+    assert frame["reading"].to_list() == [1, None]
+
+
+def test_renamed_column_names_schema(server, settings, seeded):
+    before = folder_state(seeded)
+    server.plan(PATH, Reply(b"station,value\nalpha,1\n"))
+    error = expect_error(settings, readings(), server.url(PATH), "was downloaded, but")
+    message = str(error)
+    assert "header no longer has the declared columns ['reading']" in message
+    assert "['station', 'value']" in message
+    assert "schema= in portal/datasets/readings.py" in message
+    assert "not CSV" not in message
+    assert "failed" not in message
+    assert folder_state(seeded) == before
+
+
 def test_thousands_far_down(server, settings):
     rows = b"".join(f"s{index},{index}\n".encode() for index in range(5000))
     server.plan(PATH, Reply(b"station,reading\n" + rows + b'late,"2,288"\n'))
@@ -433,3 +490,36 @@ def test_unreachable_uses_snapshot(settings, monkeypatch, seeded):
     assert "Connection refused" in snapshot.reason
     assert "\n" not in snapshot.reason
     assert snapshot.frame["reading"].to_list() == [1, 2]
+
+
+def test_offline_snapshot_logs_info(settings, monkeypatch, seeded):
+    monkeypatch.setenv("PORTAL_OFFLINE", "1")
+    snapshot = fetch(readings(), Settings.from_env())
+    assert snapshot.offline
+    assert snapshot.log_level == logging.INFO
+
+
+def test_fallback_snapshot_logs_warning(settings, monkeypatch, seeded):
+    monkeypatch.setenv("PORTAL_READINGS_URL", "http://127.0.0.1:9/readings.csv")
+    snapshot = fetch(readings(), Settings.from_env())
+    assert not snapshot.offline
+    assert snapshot.log_level == logging.WARNING
+
+
+def test_offline_without_snapshot_says_download(settings, monkeypatch):
+    monkeypatch.setenv("PORTAL_OFFLINE", "1")
+    with pytest.raises(SourceUnavailable) as caught:
+        fetch(readings(), Settings.from_env())
+    message = str(caught.value)
+    assert "without PORTAL_OFFLINE=1" in message
+    assert str(settings.snapshot_dir / "readings" / "readings.csv") in message
+    assert "Check the URL" not in message
+
+
+def test_unreachable_without_snapshot_says_check_url(settings, monkeypatch):
+    monkeypatch.setenv("PORTAL_READINGS_URL", "http://127.0.0.1:9/readings.csv")
+    with pytest.raises(SourceUnavailable) as caught:
+        fetch(readings(), Settings.from_env())
+    message = str(caught.value)
+    assert "Check the URL (http://127.0.0.1:9/readings.csv)" in message
+    assert "PORTAL_OFFLINE" not in message

@@ -3,6 +3,7 @@ that rebuild nothing downstream when the upstream file did not change."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from portal.assets import WAREHOUSE, dataset_asset, raw_asset
 from portal.changes import data_version
 from portal.dataset import Column, Dataset, Origin, Source
 from portal.fetch import fetch, sha256_of
-from portal.settings import Settings
+from portal.settings import PROJECT_ROOT, Settings
 from portal.warehouse import DuckDBPolarsIOManager
 from portal_tests.flaky_server import FlakyServer, Reply
 
@@ -287,3 +288,51 @@ def test_unavailable_sibling_fails_alone(server, portal_env, monkeypatch):
     failed = {event.step_key for event in second.all_events if event.is_step_failure}
     assert failed == {"raw__levels"}
     assert "raw/readings" in materialized(second)
+
+
+def fallback_levels(instance: dg.DagsterInstance, result: dg.ExecuteInProcessResult) -> list[int]:
+    """Levels of the run's log lines that announce the use of the stored snapshot."""
+    return [
+        entry.level
+        for entry in instance.all_logs(result.run_id)
+        if "Using the snapshot retrieved" in entry.user_message
+    ]
+
+
+def test_offline_run_logs_info(server, portal_env, monkeypatch):
+    server.plan("/readings.csv", Reply(READINGS))
+    instance = dg.DagsterInstance.ephemeral()
+    run(portal_env, instance, readings)
+    monkeypatch.setenv("PORTAL_OFFLINE", "1")
+
+    second = run(portal_env, instance, readings)
+    assert fallback_levels(instance, second) == [logging.INFO]
+
+
+def test_failed_download_logs_warning(server, portal_env, monkeypatch):
+    server.plan("/readings.csv", Reply(READINGS))
+    instance = dg.DagsterInstance.ephemeral()
+    run(portal_env, instance, readings)
+    server.plan("/readings.csv", Reply(status=404))
+
+    second = run(portal_env, instance, readings)
+    assert fallback_levels(instance, second) == [logging.WARNING]
+
+
+def test_retry_reaches_run_log(server, portal_env, tmp_path):
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    server.plan("/readings.csv", Reply(status=503), Reply(READINGS))
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        result = run(portal_env, instance, readings)
+        retries = [
+            entry
+            for entry in instance.all_logs(result.run_id)
+            if "retrying in" in entry.user_message
+        ]
+    assert len(retries) == 1
+    assert "HTTP 503" in retries[0].user_message
+    assert retries[0].level == logging.WARNING
+    assert retries[0].step_key == "raw__readings"
