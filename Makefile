@@ -7,7 +7,8 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv/bin
 
-# Dagster keeps its run history in .dagster/ (gitignored); dagster.yaml turns telemetry off.
+# Dagster keeps its run history in .dagster/ (gitignored). dagster_instance.yaml, copied there
+# as dagster.yaml, turns telemetry off; a dagster.yaml at the root would make Dagster warn.
 export DAGSTER_HOME := $(CURDIR)/.dagster
 export DAGSTER_DISABLE_TELEMETRY := 1
 export DAGSTER_DG_UPDATE_CHECK_ENABLED := 0
@@ -39,7 +40,7 @@ help: ## List the targets
 setup: $(UV) ## Create .venv with the locked dependencies and the Dagster home
 	$(UV) sync --locked --quiet
 	@mkdir -p $(DAGSTER_HOME)
-	@cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	@cp dagster_instance.yaml $(DAGSTER_HOME)/dagster.yaml
 
 run: setup ## Download every source, rebuild every table, publish every dataset (JOB=...)
 	$(VENV)/dagster job execute -m portal.definitions -j $(JOB)

@@ -53,7 +53,7 @@ def run_once(command: list[str], extra_env: dict[str, str]) -> float:
         shutil.copytree(ROOT / "data" / "snapshots", data_dir / "snapshots")
         home = Path(folder) / "dagster_home"
         home.mkdir()
-        shutil.copy(ROOT / "dagster.yaml", home / "dagster.yaml")
+        shutil.copy(ROOT / "dagster_instance.yaml", home / "dagster.yaml")
         env = {
             **os.environ,
             "PORTAL_DATA_DIR": str(data_dir),

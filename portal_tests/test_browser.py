@@ -97,7 +97,7 @@ def portal_environment(folder: Path, portal_variables: dict[str, str]) -> dict[s
     """Return the environment of a UI whose Dagster home is `folder/dagster_home`."""
     home = folder / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "dagster_instance.yaml", home / "dagster.yaml")
     env = {
         name: value
         for name, value in os.environ.items()

@@ -322,7 +322,7 @@ def test_failed_download_logs_warning(server, portal_env, monkeypatch):
 def test_retry_reaches_run_log(server, portal_env, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "dagster_instance.yaml", home / "dagster.yaml")
     server.plan("/readings.csv", Reply(status=503), Reply(READINGS))
 
     with dg.DagsterInstance.from_config(str(home)) as instance:

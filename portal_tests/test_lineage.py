@@ -140,7 +140,7 @@ def webserver(
     root = tmp_path_factory.mktemp("lineage")
     dagster_home = root / "dagster_home"
     dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "dagster_instance.yaml", dagster_home / "dagster.yaml")
     environment = {
         **os.environ,
         **prepare_offline_portal(root / "data"),

@@ -230,7 +230,7 @@ def cli_environment(tmp_path: Path, portal_variables: dict[str, str]) -> dict[st
     """Return the environment of `make run`, with the Dagster home and data in `tmp_path`."""
     dagster_home = tmp_path / "dagster_home"
     dagster_home.mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(PROJECT_ROOT / "dagster_instance.yaml", dagster_home / "dagster.yaml")
     return {
         **os.environ,
         **portal_variables,
