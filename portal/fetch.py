@@ -54,7 +54,6 @@ class FetchError(RuntimeError):
     def __init__(self, source: Source, url: str, detail: str, *, downloaded: bool = False) -> None:
         what = f"{url} was downloaded, but" if downloaded else f"download of {url} failed:"
         super().__init__(f"source {source.name!r}: {what} {detail}")
-        self.detail = detail
 
 
 class SourceUnavailable(RuntimeError):

@@ -92,7 +92,6 @@ class HubPush:
     head: str
     commit_url: str | None
     uploaded: list[str]
-    unchanged: list[str]
 
 
 Render = Callable[[RemoteRelease], dict[str, Path]]
@@ -184,9 +183,8 @@ class HuggingFacePublisher(dg.ConfigurableResource):
         changed = [
             name for name, path in staged.items() if not remote.holds(name, path.read_bytes())
         ]
-        unchanged = [name for name in staged if name not in changed]
         if not changed:
-            return HubPush(repo_id, self.page(repo_id), head, None, [], unchanged)
+            return HubPush(repo_id, self.page(repo_id), head, None, [])
 
         operations = [
             CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(staged[name]))
@@ -202,7 +200,7 @@ class HuggingFacePublisher(dg.ConfigurableResource):
             # the tree was read, instead of committing files compared with a stale tree.
             parent_commit=head,
         )
-        return HubPush(repo_id, self.page(repo_id), info.oid, info.commit_url, changed, unchanged)
+        return HubPush(repo_id, self.page(repo_id), info.oid, info.commit_url, changed)
 
     def head_or_create(self, api: HfApi, repo_id: str) -> str:
         """Return the commit id at the head of `main`, creating the repository if it is missing."""

@@ -50,7 +50,6 @@ def optional_int(text: str) -> int | None:
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path
     snapshot_dir: Path
     publish_dir: Path
     warehouse: str
@@ -75,7 +74,6 @@ class Settings:
         data_dir = Path(env.get("PORTAL_DATA_DIR") or PROJECT_ROOT / "data").resolve()
         contact = env.get("PORTAL_CONTACT_URL", "https://github.com/")
         return cls(
-            data_dir=data_dir,
             snapshot_dir=Path(env.get("PORTAL_SNAPSHOT_DIR") or data_dir / "snapshots").resolve(),
             publish_dir=Path(env.get("PORTAL_PUBLISH_DIR") or data_dir / "publish").resolve(),
             warehouse=env.get("PORTAL_WAREHOUSE") or str(data_dir / "warehouse.duckdb"),

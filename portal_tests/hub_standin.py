@@ -295,9 +295,7 @@ class HubStandin:
             status = 400 if errors else 200
             return status, {"errors": [{"message": error} for error in errors], "warnings": []}, {}
 
-        match = re.match(
-            r"^/api/datasets/([^/]+/[^/]+)(?:/(tree|preupload|commit|revision)/([^/]+))?", path
-        )
+        match = REPO_CALL.match(path)
         if match:
             repo_id, action, revision = match.groups()
             return self.repo_call(method, repo_id, action, revision or "main", body)
