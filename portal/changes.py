@@ -119,22 +119,20 @@ def source_changed(context: dg.AssetExecutionContext, key: dg.AssetKey) -> bool:
 
 
 def descendants(graph, key: dg.AssetKey) -> set[dg.AssetKey]:
-    found: set[dg.AssetKey] = set()
-    pending = [key]
-    while pending:
-        for child in graph.get(pending.pop()).child_keys:
-            if child not in found:
-                found.add(child)
-                pending.append(child)
-    return found
+    return reachable(graph, key, "child_keys")
 
 
 def ancestors(graph, key: dg.AssetKey) -> set[dg.AssetKey]:
+    return reachable(graph, key, "parent_keys")
+
+
+def reachable(graph, key: dg.AssetKey, edges: str) -> set[dg.AssetKey]:
+    """Return every asset reached from `key` along `edges` ("child_keys" or "parent_keys")."""
     found: set[dg.AssetKey] = set()
     pending = [key]
     while pending:
-        for parent in graph.get(pending.pop()).parent_keys:
-            if parent not in found:
-                found.add(parent)
-                pending.append(parent)
+        for neighbour in getattr(graph.get(pending.pop()), edges):
+            if neighbour not in found:
+                found.add(neighbour)
+                pending.append(neighbour)
     return found

@@ -8,6 +8,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from portal.changes import descendants
 from portal.dataset import Column, Dataset, Origin, Source
 from portal.datasets import load_datasets
 from portal.definitions import build_definitions
@@ -24,14 +25,7 @@ def tide_source(name: str, max_age: timedelta | None) -> Source:
 
 def downstream(graph, keys: set[dg.AssetKey]) -> set[dg.AssetKey]:
     """Return `keys` and every asset that depends on them, following the graph's edges."""
-    found = set(keys)
-    pending = list(keys)
-    while pending:
-        for child in graph.get(pending.pop()).child_keys:
-            if child not in found:
-                found.add(child)
-                pending.append(child)
-    return found
+    return set(keys).union(*(descendants(graph, key) for key in keys))
 
 
 @pytest.mark.parametrize(
