@@ -316,6 +316,21 @@ def select_sql(con: duckdb.DuckDBPyConnection, target: str, columns: list[str] |
     return f"SELECT {', '.join(expressions)} FROM {target}"
 
 
+def read_stored(
+    con: duckdb.DuckDBPyConnection,
+    names: tuple[str, str],
+    columns: list[str] | None = None,
+    condition: str = "",
+    parameters: list | None = None,
+) -> pl.DataFrame:
+    """Read a stored table, or its rows that meet `condition`, with its Polars types restored."""
+    query = select_sql(con, qualified(con, *names), columns)
+    if condition:
+        query += f" WHERE {condition}"
+    frame = pl.from_arrow(con.sql(query, params=parameters or None).to_arrow_table())
+    return restore_types(frame, stored_schema(con, *names))
+
+
 def comment_on(con: duckdb.DuckDBPyConnection, target: str, context: dg.OutputContext) -> None:
     """Copy the `table_comment` and column descriptions of the asset's metadata into DuckDB."""
     description = context.definition_metadata.get("table_comment")
@@ -373,15 +388,12 @@ class DuckDBPolarsIOManager(dg.ConfigurableIOManager):
         with connect(self.connection, self.lock_timeout) as con:
             if not table_exists(con, schema, table):
                 raise self.missing(context, schema, table)
-            target = qualified(con, schema, table)
             columns = (context.definition_metadata or {}).get("columns")
-            query = select_sql(con, target, columns)
-            parameters: list = []
+            condition, parameters = "", []
             if context.has_asset_partitions:
+                target = qualified(con, schema, table)
                 condition, parameters = partition_filter(context, target, con)
-                query += f" WHERE {condition}"
-            frame = pl.from_arrow(con.sql(query, params=parameters or None).to_arrow_table())
-            return restore_types(frame, stored_schema(con, schema, table))
+            return read_stored(con, (schema, table), columns, condition, parameters)
 
     def missing(self, context: dg.InputContext, schema: str, table: str) -> TableNotFound:
         return TableNotFound(
@@ -401,6 +413,4 @@ def read_table(connection: str, lock_timeout: float, asset_key: dg.AssetKey) -> 
     with connect(connection, lock_timeout) as con:
         if not table_exists(con, schema, table):
             return None
-        query = select_sql(con, qualified(con, schema, table), None)
-        frame = pl.from_arrow(con.sql(query).to_arrow_table())
-        return restore_types(frame, stored_schema(con, schema, table))
+        return read_stored(con, (schema, table))
