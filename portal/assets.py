@@ -46,12 +46,11 @@ def column_schema(dataset: Dataset) -> dg.TableSchema:
             rules.append(f">= {column.min}")
         if column.max is not None:
             rules.append(f"<= {column.max}")
-        description = column.description + (f" ({column.unit})" if column.unit else "")
         columns.append(
             dg.TableColumn(
                 name=column.name,
                 type=str(types[column.name]),
-                description=description,
+                description=column.description_with_unit,
                 constraints=dg.TableColumnConstraints(
                     nullable=column.nullable, unique=column.unique, other=rules
                 ),

@@ -91,6 +91,11 @@ class Column:
     min: Any = None
     max: Any = None
 
+    @property
+    def description_with_unit(self) -> str:
+        """The description with the unit in brackets, e.g. `Total precipitation (mm)`."""
+        return f"{self.description} ({self.unit})" if self.unit else self.description
+
 
 @dataclass(frozen=True)
 class Accumulate:

@@ -190,7 +190,7 @@ def render_card(
 
     columns = "\n".join(
         f"| `{column.name}` | `{frame.schema[column.name]}` | "
-        f"{markdown_cell(column.description)}{f' ({column.unit})' if column.unit else ''} |"
+        f"{markdown_cell(column.description_with_unit)} |"
         for column in dataset.columns
     )
     source_lines = "\n".join(
@@ -257,7 +257,6 @@ def json_value(value: Any) -> Any:
 
 def field_descriptor(dataset: Dataset, frame: pl.DataFrame, name: str) -> dict[str, Any]:
     column = next(column for column in dataset.columns if column.name == name)
-    description = column.description + (f" ({column.unit})" if column.unit else "")
     constraints: dict[str, Any] = {}
     if not column.nullable:
         constraints["required"] = True
@@ -269,7 +268,11 @@ def field_descriptor(dataset: Dataset, frame: pl.DataFrame, name: str) -> dict[s
         constraints["minimum"] = json_value(column.min)
     if column.max is not None:
         constraints["maximum"] = json_value(column.max)
-    descriptor = {"name": name, "type": field_type(frame.schema[name]), "description": description}
+    descriptor = {
+        "name": name,
+        "type": field_type(frame.schema[name]),
+        "description": column.description_with_unit,
+    }
     if constraints:
         descriptor["constraints"] = constraints
     return descriptor
