@@ -9,8 +9,11 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from portal.datasets import load_datasets
+from portal.formats import parse_file
 from portal.settings import PROJECT_ROOT, Settings
 
 COMMITTED_SNAPSHOTS = PROJECT_ROOT / "data" / "snapshots"
@@ -35,6 +38,27 @@ def snapshot_rows(committed_snapshots: Path) -> dict[str, int]:
     for path in sorted(committed_snapshots.glob("*/*.geojson")):
         rows[path.parent.name] = len(json.loads(path.read_bytes())["features"])
     return rows
+
+
+@pytest.fixture(scope="session")
+def tables(committed_snapshots: Path) -> dict[str, pl.DataFrame]:
+    """Every dataset built from the committed snapshots, each after the datasets it reads."""
+    built: dict[str, pl.DataFrame] = {}
+    raw: dict[str, pl.DataFrame] = {}
+    pending = load_datasets()
+    while pending:
+        dataset = next(item for item in pending if set(item.upstream_datasets) <= set(built))
+        pending.remove(dataset)
+        inputs = {}
+        for name, source in zip(dataset.input_names, dataset.inputs, strict=True):
+            if isinstance(source, str):
+                inputs[name] = built[name]
+                continue
+            if name not in raw:
+                raw[name] = parse_file(source, committed_snapshots / name / source.snapshot_name)
+            inputs[name] = raw[name]
+        built[dataset.name] = dataset.conform(dataset.build(**inputs))
+    return built
 
 
 @pytest.fixture(scope="session")

@@ -53,27 +53,6 @@ def build_from_file(dataset: Dataset, path: Path) -> pl.DataFrame:
     return dataset.conform(dataset.build(**{source.name: raw}))
 
 
-@pytest.fixture(scope="module")
-def tables(datasets: dict[str, Dataset], committed_snapshots: Path) -> dict[str, pl.DataFrame]:
-    """Every dataset built from the committed snapshots, each after the datasets it reads."""
-    built: dict[str, pl.DataFrame] = {}
-    raw: dict[str, pl.DataFrame] = {}
-    pending = list(datasets.values())
-    while pending:
-        dataset = next(item for item in pending if set(item.upstream_datasets) <= set(built))
-        pending.remove(dataset)
-        inputs = {}
-        for name, source in zip(dataset.input_names, dataset.inputs, strict=True):
-            if isinstance(source, str):
-                inputs[name] = built[name]
-                continue
-            if name not in raw:
-                raw[name] = parse_file(source, committed_snapshots / name / source.snapshot_name)
-            inputs[name] = raw[name]
-        built[dataset.name] = dataset.conform(dataset.build(**inputs))
-    return built
-
-
 def row(frame: pl.DataFrame, **keys) -> dict:
     """Return the one row whose columns equal `keys`."""
     matches = frame.filter(**keys)
