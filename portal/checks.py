@@ -61,9 +61,20 @@ def dataset_rules(dataset: Dataset) -> list[Rule]:
             rules.append(Rule(f"{column.name}_unique", column.name, f"{column.name} is unique"))
         for name, description, _, _ in column_checks(column):
             rules.append(Rule(name, column.name, description))
-    if len(dataset.key) > 1:
+    if key_rule_columns(dataset):
         rules.append(Rule("primary_key", None, f"({', '.join(dataset.key)}) is unique"))
     return rules
+
+
+def key_rule_columns(dataset: Dataset) -> list[str] | None:
+    """Return the key columns that the `primary_key` rule checks, or None when it needs none.
+
+    A one-column key whose column is declared `unique=True` is checked by that column's rule.
+    """
+    key = list(dataset.key)
+    if len(key) == 1 and any(column.name == key[0] and column.unique for column in dataset.columns):
+        return None
+    return key or None
 
 
 def pandera_schema(dataset: Dataset):
@@ -85,8 +96,7 @@ def pandera_schema(dataset: Dataset):
         )
         for column in dataset.columns
     }
-    unique = list(dataset.key) if len(dataset.key) > 1 else None
-    return pa.DataFrameSchema(columns, unique=unique, name=dataset.name)
+    return pa.DataFrameSchema(columns, unique=key_rule_columns(dataset), name=dataset.name)
 
 
 def rule_of_failure(dataset: Dataset, column: str, check: str, number: int | None) -> str:

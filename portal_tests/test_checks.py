@@ -1,5 +1,6 @@
 """Declared rules: each kind fails on bad input, passes on real snapshots, blocks publishing."""
 
+import dataclasses
 import datetime as dt
 import hashlib
 from pathlib import Path
@@ -67,6 +68,26 @@ def test_rules_named_per_constraint():
         "value_range",
         "primary_key",
     ]
+
+
+def test_one_column_key_checked():
+    by_day = dataclasses.replace(READINGS, key=["day"])
+
+    names = [rule.check_name for rule in dataset_rules(by_day)]
+    broken = evaluate(by_day, frame_with())
+
+    assert "primary_key" in names
+    assert list(broken) == ["primary_key"]
+
+
+def test_unique_key_column_checked_once():
+    by_reading = dataclasses.replace(READINGS, key=["reading_id"])
+
+    names = [rule.check_name for rule in dataset_rules(by_reading)]
+
+    assert "reading_id_unique" in names
+    assert "primary_key" not in names
+    assert evaluate(by_reading, frame_with(reading_id=[1, 1, 3])).keys() == {"reading_id_unique"}
 
 
 @pytest.mark.parametrize(
