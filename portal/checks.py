@@ -1,10 +1,12 @@
 """Data rules derived from a dataset's column declarations, and the Dagster checks that run them.
 
 Each declared constraint (not null, unique, allowed values, range, and the dataset's key)
-becomes one blocking asset check. The rules run inside the dataset's step before its table is
-stored, with pandera's Polars backend: when one fails, the step stops, so neither the
-warehouse table nor the published release is replaced. Raw sources also get a freshness
-check that warns when their data is older than the source's declared `max_age`.
+becomes one blocking asset check. A blocking `row_count` check also fails when a table loses
+more than PORTAL_MAX_ROW_DROP of its rows against the last materialization. The rules run
+inside the dataset's step before its table is stored, with pandera's Polars backend: when one
+fails, the step stops, so neither the warehouse table nor the published release is replaced.
+Raw sources also get a freshness check that warns when their data is older than the source's
+declared `max_age`.
 """
 
 from dataclasses import dataclass

@@ -40,7 +40,8 @@ class Source:
     `name` becomes the raw table `raw.<name>` and the snapshot folder `data/snapshots/<name>/`.
     `schema` declares column types for text formats; columns it does not name are read as
     strings, so a type never depends on guessing from the first rows. `max_age` is how old the
-    data may be before its freshness check warns.
+    data may be before its freshness check warns; a source whose `max_age` is one day or less
+    is also downloaded every hour by the refresh schedules, every other source once a day.
 
     The CSV dialect: `encoding` is a Python codec name, or `auto` to read UTF-8 and fall back
     to Latin-1 when the bytes are not valid UTF-8 (a UTF-8 byte order mark is dropped either

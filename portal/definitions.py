@@ -1,6 +1,7 @@
 """The Dagster code location: every dataset's assets, the warehouse, the jobs and schedules.
 
-`make run` executes `materialize_all`; `make dev` serves this location in the Dagster UI.
+`make run` executes `materialize_all`, or the job that `JOB=` names; `make dev` serves this
+location in the Dagster UI.
 """
 
 from __future__ import annotations
