@@ -156,8 +156,10 @@ def test_retry_after_is_honoured_and_capped(server, settings, monkeypatch):
 
     server.plan(PATH, Reply(status=429, headers={"Retry-After": "3600"}), Reply(SECOND))
     started = time.monotonic()
-    fetch_live(readings(), Settings.from_env())
+    snapshot = fetch_live(readings(), Settings.from_env())
     assert time.monotonic() - started < 5
+    assert snapshot.changed
+    assert snapshot.frame["reading"].to_list() == [1, 2, 3]
 
 
 def test_truncated_body_keeps_snapshot(server, settings, seeded):

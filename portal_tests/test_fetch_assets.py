@@ -309,7 +309,7 @@ def test_offline_run_logs_info(server, portal_env, monkeypatch):
     assert fallback_levels(instance, second) == [logging.INFO]
 
 
-def test_failed_download_logs_warning(server, portal_env, monkeypatch):
+def test_failed_download_logs_warning(server, portal_env):
     server.plan("/readings.csv", Reply(READINGS))
     instance = dg.DagsterInstance.ephemeral()
     run(portal_env, instance, readings)

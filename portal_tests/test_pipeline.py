@@ -19,6 +19,7 @@ import pytest
 from huggingface_hub import DatasetCard
 from polars.testing import assert_frame_equal
 
+from portal.assets import WAREHOUSE
 from portal.dataset import Dataset
 from portal.datasets import load_datasets
 from portal.definitions import build_definitions
@@ -153,7 +154,7 @@ def test_publish_folder_lists_datasets(portal_run, datasets):
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
-def test_release_files(portal_run, datasets, name):
+def test_release_files(portal_run, name):
     release = portal_run.settings.publish_dir / name
     parquet_files = sorted(path.name for path in release.glob("*.parquet"))
     assert parquet_files == [f"{name}.parquet"]
@@ -217,7 +218,10 @@ def test_defs_load():
 def test_defs_load_offline(offline_portal):
     defs = build_definitions(offline_portal)
     dg.Definitions.validate_loadable(defs)
-    assert defs.resolve_job_def("materialize_all") is not None
+    job = defs.resolve_job_def("materialize_all")
+
+    assert set(job.asset_layer.executable_asset_keys) == set(defs.resolve_all_asset_keys())
+    assert defs.resources[WAREHOUSE].connection == offline_portal.warehouse
 
 
 def test_defs_reject_unknown_executor(monkeypatch):
