@@ -18,32 +18,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
+# `make run`'s command for the main job.
+MAIN_JOB = [
+    str(BIN / "dagster"),
+    "job",
+    "execute",
+    "-m",
+    "portal.definitions",
+    "-j",
+    "materialize_all",
+]
+
 VARIANTS = {
     "plain script (Polars + DuckDB)": ([str(BIN / "python"), "benchmarks/plain_script.py"], {}),
-    "make run: dagster job execute, in_process": (
-        [
-            str(BIN / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "portal.definitions",
-            "-j",
-            "materialize_all",
-        ],
-        {"PORTAL_EXECUTOR": "in_process"},
-    ),
-    "dagster job execute, multiprocess": (
-        [
-            str(BIN / "dagster"),
-            "job",
-            "execute",
-            "-m",
-            "portal.definitions",
-            "-j",
-            "materialize_all",
-        ],
-        {"PORTAL_EXECUTOR": "multiprocess"},
-    ),
+    "make run: dagster job execute, in_process": (MAIN_JOB, {"PORTAL_EXECUTOR": "in_process"}),
+    "dagster job execute, multiprocess": (MAIN_JOB, {"PORTAL_EXECUTOR": "multiprocess"}),
 }
 
 
