@@ -53,7 +53,7 @@ dev: setup ## Serve the Dagster UI and daemon on http://127.0.0.1:3000 (HOST=, P
 ui-readonly: setup ## Serve the UI read-only: lineage and history, no launching or toggling
 	$(VENV)/dagster-webserver -w workspace.yaml -h $(HOST) -p $(PORT) --read-only
 
-test: setup ## Run the test suite (no network needed)
+test: setup ## Run the tests not marked slow (no network needed)
 	$(VENV)/pytest -m "not slow"
 
 test-slow: setup ## Run the slow tests: whole-graph runs in subprocesses, the UI's GraphQL
@@ -108,8 +108,8 @@ push-snapshots: ## Rebase local snapshot commits onto REMOTE/BRANCH and push the
 	echo "Pushing to $(REMOTE)/$(BRANCH) failed 3 times; the commits stay local." >&2; exit 1
 
 lint: setup ## Check style with ruff
-	$(VENV)/ruff check portal portal_tests
-	$(VENV)/ruff format --check portal portal_tests
+	$(VENV)/ruff check portal portal_tests benchmarks
+	$(VENV)/ruff format --check portal portal_tests benchmarks
 
 clean: ## Remove the warehouse, the publish folder, run history and the virtual environment
 	rm -rf .venv .tools .dagster data/warehouse.duckdb data/warehouse.duckdb.wal data/publish
