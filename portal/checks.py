@@ -260,7 +260,11 @@ def freshness_result(source: Source, origin: dict) -> dg.AssetCheckResult:
             severity=dg.AssetCheckSeverity.WARN,
             description=f"source {source.name} has no retrieval time in its origin.json",
         )
-    age = datetime.now(UTC) - datetime.fromisoformat(as_of)
+    produced = datetime.fromisoformat(as_of)
+    if produced.tzinfo is None:
+        # A date or time without a zone, such as a hand-written `2018-02-07`, is read as UTC.
+        produced = produced.replace(tzinfo=UTC)
+    age = datetime.now(UTC) - produced
     passed = age <= source.max_age
     description = None
     if not passed:

@@ -147,6 +147,7 @@ class Dataset:
     accumulate: Accumulate | None = None
 
     def __post_init__(self) -> None:
+        self.check_key()
         parameters = inspect.signature(self.build).parameters.values()
         if any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
             return
@@ -157,6 +158,18 @@ class Dataset:
                 f"are named {self.input_names}. Name each parameter after one input, a "
                 "source's name or another dataset's name, because build() is called with "
                 "one DataFrame per input under that name."
+            )
+
+    def check_key(self) -> None:
+        """Reject a key over undeclared or nullable columns: a primary key has no nulls."""
+        columns = {column.name: column for column in self.columns}
+        undeclared = [name for name in self.key if name not in columns]
+        nullable = [name for name in self.key if name in columns and columns[name].nullable]
+        if undeclared or nullable:
+            raise ValueError(
+                f"dataset {self.name!r}: key {list(self.key)} has undeclared columns "
+                f"{undeclared or 'none'} and nullable columns {nullable or 'none'}. Declare "
+                "each key column with nullable=False."
             )
 
     @property

@@ -10,7 +10,7 @@ import duckdb
 import polars as pl
 import pytest
 
-from portal.checks import dataset_rules, evaluate
+from portal.checks import dataset_rules, evaluate, freshness_result
 from portal.dataset import Column, Dataset
 from portal.datasets import load_datasets
 from portal.definitions import build_definitions
@@ -81,7 +81,11 @@ def test_one_column_key_checked():
 
 
 def test_unique_key_column_checked_once():
-    by_reading = dataclasses.replace(READINGS, key=["reading_id"])
+    columns = [
+        dataclasses.replace(column, nullable=False) if column.name == "reading_id" else column
+        for column in READINGS.columns
+    ]
+    by_reading = dataclasses.replace(READINGS, columns=columns, key=["reading_id"])
 
     names = [rule.check_name for rule in dataset_rules(by_reading)]
 
@@ -237,3 +241,29 @@ def test_freshness_checked_when_unchanged(offline_portal: Settings):
     assert dg.AssetKey(["raw", "earthquakes"]) not in materialized
     assert evaluations[dg.AssetKey(["raw", "earthquakes"])].passed is False
     assert evaluations[dg.AssetKey(["raw", "weather"])].passed is True
+
+
+def test_freshness_reads_date_without_zone():
+    source = next(dataset for dataset in load_datasets() if dataset.sources).sources[0]
+
+    result = freshness_result(source, {"data_as_of": "2018-02-07"})
+
+    assert result.passed is False
+    assert "2018-02-07" in result.description
+
+
+def test_key_column_must_be_not_null():
+    nullable_key = [Column("station", pl.String, "Station id"), *READINGS.columns[1:]]
+
+    with pytest.raises(ValueError) as raised:
+        Dataset(
+            name="readings",
+            title="Readings",
+            description="",
+            inputs=[],
+            columns=nullable_key,
+            build=lambda: pl.DataFrame(),
+            key=["station", "day"],
+        )
+
+    assert "nullable columns ['station']" in str(raised.value)
