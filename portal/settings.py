@@ -7,6 +7,7 @@ when a run starts, not at import, so tests and CI can point a run at other folde
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,9 +44,21 @@ def source_url_variable(source_name: str) -> str:
     return f"PORTAL_{source_name.upper()}_URL"
 
 
-def optional_int(text: str) -> int | None:
-    """Parse an optional whole number: an empty value means no limit."""
-    return int(text) if text.strip() else None
+def number(env: Mapping[str, str], name: str, default: str, kind: type[float] | type[int]):
+    """Read a numeric variable, naming it and its value when it is not a number."""
+    text = env.get(name, default)
+    try:
+        return kind(text)
+    except ValueError:
+        expected = "a whole number" if kind is int else "a number"
+        raise ValueError(f"{name}={text!r} is not {expected}; see .env.example") from None
+
+
+def optional_int(env: Mapping[str, str], name: str) -> int | None:
+    """Read an optional whole number: an empty or missing value means no limit."""
+    if not env.get(name, "").strip():
+        return None
+    return number(env, name, "", int)
 
 
 @dataclass(frozen=True)
@@ -79,17 +92,17 @@ class Settings:
             warehouse=env.get("PORTAL_WAREHOUSE") or str(data_dir / "warehouse.duckdb"),
             offline=env.get("PORTAL_OFFLINE", "").strip().lower() in TRUE_WORDS,
             executor=env.get("PORTAL_EXECUTOR", "in_process"),
-            lock_timeout=float(env.get("PORTAL_LOCK_TIMEOUT", "120")),
-            fetch_timeout=float(env.get("PORTAL_FETCH_TIMEOUT", "30")),
-            connect_timeout=float(env.get("PORTAL_CONNECT_TIMEOUT", "10")),
-            download_deadline=float(env.get("PORTAL_DOWNLOAD_DEADLINE", "900")),
-            fetch_retries=int(env.get("PORTAL_FETCH_RETRIES", "4")),
-            retry_backoff=float(env.get("PORTAL_RETRY_BACKOFF", "1")),
-            retry_max_wait=float(env.get("PORTAL_RETRY_MAX_WAIT", "60")),
-            host_pause=float(env.get("PORTAL_HOST_PAUSE", "1")),
-            snapshot_history=optional_int(env.get("PORTAL_SNAPSHOT_HISTORY", "")),
+            lock_timeout=number(env, "PORTAL_LOCK_TIMEOUT", "120", float),
+            fetch_timeout=number(env, "PORTAL_FETCH_TIMEOUT", "30", float),
+            connect_timeout=number(env, "PORTAL_CONNECT_TIMEOUT", "10", float),
+            download_deadline=number(env, "PORTAL_DOWNLOAD_DEADLINE", "900", float),
+            fetch_retries=number(env, "PORTAL_FETCH_RETRIES", "4", int),
+            retry_backoff=number(env, "PORTAL_RETRY_BACKOFF", "1", float),
+            retry_max_wait=number(env, "PORTAL_RETRY_MAX_WAIT", "60", float),
+            host_pause=number(env, "PORTAL_HOST_PAUSE", "1", float),
+            snapshot_history=optional_int(env, "PORTAL_SNAPSHOT_HISTORY"),
             user_agent=f"barefoot-data-portal/0.1 (+{contact})",
-            max_row_drop=float(env.get("PORTAL_MAX_ROW_DROP", "0.5")),
+            max_row_drop=number(env, "PORTAL_MAX_ROW_DROP", "0.5", float),
         )
 
     def source_url(self, source_name: str, declared_url: str) -> str:
@@ -117,7 +130,7 @@ class HubSettings:
             endpoint=(env.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/"),
             organisation=env.get("PORTAL_HF_ORG", "").strip(),
             private=env.get("PORTAL_HF_PRIVATE", "").strip().lower() in TRUE_WORDS,
-            attempts=max(1, int(env.get("PORTAL_HF_ATTEMPTS", "4"))),
-            retry_pause=float(env.get("PORTAL_HF_RETRY_PAUSE", "2")),
-            max_pause=float(env.get("PORTAL_HF_MAX_PAUSE", "60")),
+            attempts=max(1, number(env, "PORTAL_HF_ATTEMPTS", "4", int)),
+            retry_pause=number(env, "PORTAL_HF_RETRY_PAUSE", "2", float),
+            max_pause=number(env, "PORTAL_HF_MAX_PAUSE", "60", float),
         )

@@ -54,3 +54,22 @@ def test_example_values_are_defaults(monkeypatch: pytest.MonkeyPatch):
     from_example = (Settings.from_env(), HubSettings.from_env())
 
     assert from_example == defaults
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("PORTAL_FETCH_TIMEOUT", "30s", "PORTAL_FETCH_TIMEOUT='30s' is not a number"),
+        ("PORTAL_FETCH_RETRIES", "2.5", "PORTAL_FETCH_RETRIES='2.5' is not a whole number"),
+        ("PORTAL_SNAPSHOT_HISTORY", "ten", "PORTAL_SNAPSHOT_HISTORY='ten' is not a whole number"),
+    ],
+)
+def test_invalid_number_names_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, expected: str
+):
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(ValueError) as raised:
+        Settings.from_env()
+
+    assert expected in str(raised.value)
