@@ -93,9 +93,12 @@ def preview(frame: pl.DataFrame, rows: int = 5) -> dg.MetadataValue:
 
 
 def raw_asset(source: Source) -> dg.AssetsDefinition:
-    """Download a source into its snapshot and its raw table. The data version digests the
-    file and its origin record; an unchanged download yields no table, so Dagster skips the
-    steps downstream, unless one of them needs a rebuild anyway (see portal/changes.py)."""
+    """Download a source into its snapshot and its raw table.
+
+    The data version is a digest of the file and its origin record. An unchanged download
+    yields no table, so Dagster skips the steps downstream, unless one of them needs a rebuild
+    anyway (see portal/changes.py).
+    """
     register(source)
 
     @dg.asset(

@@ -22,8 +22,9 @@ FORMATS = ("csv", "json", "geojson", "parquet")
 class Origin:
     """Who produces a source and under which licence it may be reused.
 
-    `licence` is an identifier the HuggingFace Hub knows (`cc-by-4.0`, `cc0-1.0`, `odbl`...),
-    or `other` for a licence outside that list, described by `licence_name` and `licence_url`.
+    `licence` is an identifier that the HuggingFace Hub recognises (`cc-by-4.0`, `cc0-1.0`,
+    `odbl`...), or `other` for a licence outside that list, described by `licence_name` and
+    `licence_url`.
     """
 
     producer: str
@@ -35,7 +36,7 @@ class Origin:
 
 @dataclass(frozen=True)
 class Source:
-    """A public file or API answer that the portal downloads and keeps a snapshot of.
+    """A public file or API response that the portal downloads and keeps a snapshot of.
 
     `name` becomes the raw table `raw.<name>` and the snapshot folder `data/snapshots/<name>/`.
     `schema` declares column types for text formats; columns it does not name are read as
@@ -129,7 +130,7 @@ class Accumulate:
 class Dataset:
     """A finished table: its inputs, its columns and the function that builds it.
 
-    `inputs` holds `Source`s (raw downloads) and names of other datasets (for joins). `build`
+    `inputs` contains `Source`s (raw downloads) and names of other datasets (for joins). `build`
     is called with one Polars DataFrame per input, as keyword arguments named after the
     source or dataset, and returns the finished DataFrame. With `accumulate` set, the table
     keeps the rows of earlier runs (see `Accumulate`).

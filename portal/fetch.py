@@ -48,7 +48,7 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 class FetchError(RuntimeError):
     """A download failed or its body is not the file the source declares.
 
-    `downloaded` tells that the body arrived whole and only its contents are wrong.
+    `downloaded` is true when the body arrived whole and only its contents are wrong.
     """
 
     def __init__(self, source: Source, url: str, detail: str, *, downloaded: bool = False) -> None:

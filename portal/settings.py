@@ -113,7 +113,7 @@ class Settings:
 @dataclass(frozen=True)
 class HubSettings:
     """Where and how releases go to HuggingFace. The token is not here: the publisher reads
-    HF_TOKEN from the environment when it pushes, so no setting object ever holds it."""
+    HF_TOKEN from the environment when it pushes, so no setting object ever contains it."""
 
     endpoint: str
     organisation: str

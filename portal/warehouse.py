@@ -53,7 +53,7 @@ class WarehouseLocked(RuntimeError):
 
 
 class TableNotFound(LookupError):
-    """The warehouse holds no table for the requested asset."""
+    """The warehouse has no table for the requested asset."""
 
 
 def quote(identifier: str) -> str:
