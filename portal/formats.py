@@ -143,7 +143,7 @@ def csv_dialect(source: Source) -> dict:
 
 
 def check_records(source: Source, text: str, width: int, where: str) -> tuple[list[int], int]:
-    """Read every record after the header with the csv module, as the source's dialect says.
+    """Read every record after the header with the csv module, in the source's declared dialect.
 
     Returns the indices of blank lines among the data records and the number of data records.
     Raises ParseError with the line number of the first record whose field count differs from

@@ -62,7 +62,7 @@ def matches_remote(remote: RepoFile, data: bytes) -> bool:
 
 
 class RemoteRelease:
-    """The files a repository holds at one commit, read lazily from its tree."""
+    """The files of a repository at one commit, read lazily from its tree."""
 
     def __init__(self, api: HfApi, repo_id: str, head: str, tree: dict[str, RepoFile]):
         self.api = api
@@ -143,7 +143,7 @@ class HuggingFacePublisher(dg.ConfigurableResource):
 
         `render` runs again on every try, so a release built on a head that another commit
         has since replaced is rebuilt on the new one. Raises HubPublishError after the last
-        try, or at once for an answer that no retry can fix.
+        try, or at once for a response that no retry can fix.
         """
         api = HfApi(
             endpoint=self.endpoint,
@@ -196,7 +196,7 @@ class HuggingFacePublisher(dg.ConfigurableResource):
             commit_message=message,
             commit_description="Changed files: " + ", ".join(changed),
             repo_type=REPO_TYPE,
-            # Pinning the parent makes the Hub answer 412 when another commit landed after
+            # Pinning the parent makes the Hub respond with 412 when another commit landed after
             # the tree was read, instead of committing files compared with a stale tree.
             parent_commit=head,
         )
@@ -251,7 +251,7 @@ def describe_answer(error: HfHubHTTPError) -> str:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """Return the seconds that a Retry-After header asks for: a number or an HTTP date."""
+    """Return the seconds that a Retry-After header requests: a number or an HTTP date."""
     if not value:
         return None
     try:

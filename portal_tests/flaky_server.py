@@ -2,7 +2,7 @@
 
 Each path gets a plan: a list of `Reply`s served in order, the last one repeated. A reply can
 wait before responding, cut its body short, trickle it, gzip it, or send an ETag and
-Last-Modified and answer 304 to a request that presents them. The server records every
+Last-Modified and respond with 304 to a request that presents them. The server records every
 request's headers and counts the bodies it sent.
 """
 

@@ -206,7 +206,7 @@ class HubStandin:
         times: int | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Answer `status` to requests whose path matches the regex `path`, `times` times or
+        """Respond with `status` to requests whose path matches the regex `path`, `times` times or
         for good when `times` is None."""
         self.faults.append(Fault(method, re.compile(path), status, times, headers or {}))
 
